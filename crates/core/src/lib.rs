@@ -1,0 +1,10 @@
+//! The opencode-k8s engine.
+//!
+//! Pure parts — [`config`], [`manifest`], [`parse`], [`rbac`] — are deterministic functions with
+//! no I/O: clocks and random suffixes are injected. The run lifecycle (added later) is the only
+//! part that talks to a cluster.
+
+pub mod config;
+pub mod manifest;
+pub mod parse;
+pub mod rbac;

@@ -1,0 +1,4 @@
+//! TEST DOUBLE — a simulated Kubernetes cluster. Never schedules real work.
+
+pub mod logs;
+pub mod runtime;

@@ -1,0 +1,1 @@
+//! Per-container log store (being written).

@@ -1,0 +1,2 @@
+//! `kube-sim`: serve the simulated cluster (a test double).
+fn main() {}

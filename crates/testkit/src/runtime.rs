@@ -1,0 +1,1 @@
+//! Container process runtime (being written).
