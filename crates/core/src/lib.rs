@@ -5,6 +5,7 @@
 //! part that talks to a cluster.
 
 pub mod config;
+pub mod error_code;
 pub mod manifest;
 pub mod parse;
 pub mod rbac;

@@ -1,1 +1,370 @@
-//! TODO
+//! The one table of Kubernetes verbs the engine uses, and the RBAC objects generated from it.
+//!
+//! The seed adapter's README listed fewer verbs than its code used, so every run failed closed
+//! (DESIGN.md §6.8). Here the table is the source: `opencode-k8s rbac`, the doctor's access
+//! checks, the docs and `deploy/` are all generated from [`RULES`], and tests keep them in sync.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+/// Whether a resource lives in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// Granted by a Role in the agents' namespace.
+    Namespaced,
+    /// Only a ClusterRole can grant it.
+    Cluster,
+}
+
+/// One verb on one resource, and why the engine needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// API group; `""` is the core group.
+    pub group: &'static str,
+    /// Resource, with subresource after `/` (`pods/log`).
+    pub resource: &'static str,
+    /// The verb.
+    pub verb: &'static str,
+    /// Namespaced or cluster-scoped.
+    pub scope: Scope,
+    /// Runs work without it (only `doctor` is less precise).
+    pub optional: bool,
+    /// What the engine does with it.
+    pub why: &'static str,
+}
+
+const fn rule(
+    group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    why: &'static str,
+) -> Rule {
+    Rule {
+        group,
+        resource,
+        verb,
+        scope: Scope::Namespaced,
+        optional: false,
+        why,
+    }
+}
+
+/// Every verb the engine uses.
+pub const RULES: &[Rule] = &[
+    rule("batch", "jobs", "create", "create the Job of a run"),
+    rule(
+        "batch",
+        "jobs",
+        "get",
+        "read a Job's conditions when reattaching after a restart",
+    ),
+    rule(
+        "batch",
+        "jobs",
+        "list",
+        "concurrency guard, reattach by run id, gc and `jobs`",
+    ),
+    rule(
+        "batch",
+        "jobs",
+        "watch",
+        "follow a Job to Complete or Failed instead of polling",
+    ),
+    rule(
+        "batch",
+        "jobs",
+        "delete",
+        "stop a cancelled run and clean up finished Jobs",
+    ),
+    rule(
+        "",
+        "pods",
+        "get",
+        "read the container's exit code and waiting reason",
+    ),
+    rule(
+        "",
+        "pods",
+        "list",
+        "find the pod of a Job by its job-name label",
+    ),
+    rule(
+        "",
+        "pods",
+        "watch",
+        "see the pod start, fail to pull, or terminate as it happens",
+    ),
+    rule(
+        "",
+        "pods/log",
+        "get",
+        "stream the agent's output into the Paperclip run log",
+    ),
+    rule(
+        "",
+        "secrets",
+        "create",
+        "create the per-run Secret holding the prompt and keys",
+    ),
+    rule(
+        "",
+        "secrets",
+        "get",
+        "check the per-run Secret when reattaching",
+    ),
+    rule(
+        "",
+        "secrets",
+        "list",
+        "gc of per-run Secrets whose Job is gone",
+    ),
+    rule(
+        "",
+        "secrets",
+        "delete",
+        "delete the per-run Secret when its Job could not be created",
+    ),
+    rule(
+        "",
+        "secrets",
+        "patch",
+        "set the Secret's ownerReference to its Job (JSON merge patch) so it is garbage-collected with it",
+    ),
+    rule(
+        "",
+        "events",
+        "list",
+        "explain a stuck pod (FailedScheduling, FailedMount, ...)",
+    ),
+    rule(
+        "",
+        "events",
+        "watch",
+        "show Kubernetes events in the run log as they happen",
+    ),
+    rule(
+        "",
+        "persistentvolumeclaims",
+        "get",
+        "doctor: check the shared /paperclip claim",
+    ),
+    Rule {
+        group: "",
+        resource: "namespaces",
+        verb: "get",
+        scope: Scope::Cluster,
+        optional: true,
+        why: "doctor: tell a missing namespace from missing permissions",
+    },
+    Rule {
+        group: "authorization.k8s.io",
+        resource: "selfsubjectaccessreviews",
+        verb: "create",
+        scope: Scope::Cluster,
+        optional: true,
+        why: "doctor: check each rule of this table; every authenticated user has it by default (system:basic-user)",
+    },
+];
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbacOptions {
+    /// Namespace of the agent Jobs (and of the Role/RoleBinding).
+    pub namespace: String,
+    /// ServiceAccount the Paperclip server runs as.
+    pub service_account: String,
+    /// Namespace of that ServiceAccount (usually the same).
+    pub service_account_namespace: String,
+    /// Generate a ClusterRole and ClusterRoleBinding instead of a Role and RoleBinding.
+    pub cluster_scoped: bool,
+    /// Name of the generated role and binding.
+    pub name: String,
+}
+
+impl Default for RbacOptions {
+    fn default() -> Self {
+        Self {
+            namespace: "paperclip".into(),
+            service_account: "paperclip".into(),
+            service_account_namespace: "paperclip".into(),
+            cluster_scoped: false,
+            name: "opencode-k8s".into(),
+        }
+    }
+}
+
+/// Failed to serialize the RBAC objects (a bug: the objects are fixed shapes).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to write RBAC YAML: {0}")]
+pub struct RbacError(#[from] serde_saphyr::SerializeError);
+
+/// Policy rules for the table entries `include` selects: one per (group, resource), verbs sorted.
+pub fn policy_rules(include: impl Fn(&Rule) -> bool) -> Vec<PolicyRule> {
+    let mut grouped: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for r in RULES.iter().filter(|r| include(r)) {
+        grouped
+            .entry((r.group, r.resource))
+            .or_default()
+            .push(r.verb);
+    }
+    grouped
+        .into_iter()
+        .map(|((group, resource), mut verbs)| {
+            verbs.sort_unstable();
+            verbs.dedup();
+            PolicyRule {
+                api_groups: Some(vec![group.to_owned()]),
+                resources: Some(vec![resource.to_owned()]),
+                verbs: verbs.into_iter().map(str::to_owned).collect(),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        crate::manifest::MANAGED_BY_KEY.to_owned(),
+        crate::manifest::MANAGED_BY_VALUE.to_owned(),
+    )])
+}
+
+/// The RBAC objects as a multi-document YAML string with a comment header.
+///
+/// Namespaced: a Role with the namespaced rules and a RoleBinding; the cluster-scoped rules are
+/// listed in the header (both are optional). Cluster-scoped: a ClusterRole with every rule and a
+/// ClusterRoleBinding.
+pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: opts.service_account.clone(),
+        namespace: Some(opts.service_account_namespace.clone()),
+        api_group: None,
+    };
+    let mut out = String::from(
+        "# RBAC for opencode-k8s, generated from its table of verbs (opencode-k8s rbac).\n",
+    );
+    let docs = if opts.cluster_scoped {
+        out.push_str(&format!(
+            "# ClusterRole: agent Jobs in any namespace, run by ServiceAccount {}/{}.\n",
+            opts.service_account_namespace, opts.service_account
+        ));
+        let role = ClusterRole {
+            metadata: ObjectMeta {
+                name: Some(opts.name.clone()),
+                labels: Some(labels()),
+                ..Default::default()
+            },
+            rules: Some(policy_rules(|_| true)),
+            aggregation_rule: None,
+        };
+        let binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(opts.name.clone()),
+                labels: Some(labels()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "ClusterRole".into(),
+                name: opts.name.clone(),
+            },
+            subjects: Some(vec![subject]),
+        };
+        vec![
+            serde_saphyr::to_string(&role)?,
+            serde_saphyr::to_string(&binding)?,
+        ]
+    } else {
+        out.push_str(&format!(
+            "# Role in namespace {}, run by ServiceAccount {}/{}.\n# Not included (cluster-scoped, optional; use --cluster-scoped to grant them):\n",
+            opts.namespace, opts.service_account_namespace, opts.service_account
+        ));
+        for r in RULES.iter().filter(|r| r.scope == Scope::Cluster) {
+            let group = if r.group.is_empty() { "core" } else { r.group };
+            out.push_str(&format!(
+                "#   {} {} ({group}): {}\n",
+                r.verb, r.resource, r.why
+            ));
+        }
+        let meta = ObjectMeta {
+            name: Some(opts.name.clone()),
+            namespace: Some(opts.namespace.clone()),
+            labels: Some(labels()),
+            ..Default::default()
+        };
+        let role = Role {
+            metadata: meta.clone(),
+            rules: Some(policy_rules(|r| r.scope == Scope::Namespaced)),
+        };
+        let binding = RoleBinding {
+            metadata: meta,
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: opts.name.clone(),
+            },
+            subjects: Some(vec![subject]),
+        };
+        vec![
+            serde_saphyr::to_string(&role)?,
+            serde_saphyr::to_string(&binding)?,
+        ]
+    };
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&doc);
+        if !doc.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_no_duplicates_and_every_rule_says_why() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in RULES {
+            assert!(
+                seen.insert((r.group, r.resource, r.verb)),
+                "duplicate {r:?}"
+            );
+            assert!(!r.why.is_empty());
+        }
+    }
+
+    #[test]
+    fn rules_group_per_resource_with_sorted_verbs() {
+        let rules = policy_rules(|r| r.scope == Scope::Namespaced);
+        let jobs = rules
+            .iter()
+            .find(|r| r.resources.as_deref() == Some(&["jobs".to_owned()][..]))
+            .unwrap();
+        assert_eq!(jobs.api_groups.as_deref(), Some(&["batch".to_owned()][..]));
+        assert_eq!(jobs.verbs, ["create", "delete", "get", "list", "watch"]);
+        assert!(
+            !rules
+                .iter()
+                .any(|r| r.resources.as_ref().unwrap()[0] == "namespaces")
+        );
+    }
+
+    #[test]
+    fn the_verbs_the_seed_forgot_are_granted() {
+        let yaml = render_yaml(&RbacOptions::default()).unwrap();
+        for needle in ["- list", "pods/log", "- patch"] {
+            assert!(yaml.contains(needle), "{needle} missing:\n{yaml}");
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! The objects one run creates: a Job and its per-run Secret, as a pure function of the run
+//! request, the Paperclip pod the Job inherits from, and the agent config.
+//!
+//! Rules that shape everything here (DESIGN.md §5–§7):
+//! - the prompt and every secret (`PAPERCLIP_API_KEY`, config `env` values) live only in the
+//!   Secret: the prompt is mounted as a file and fed on stdin, the rest read by `secretKeyRef`;
+//!   nothing secret is ever literal in the Job spec;
+//! - one container, the main image, no init container;
+//! - the pod passes Pod Security "restricted";
+//! - env is layered inherited → `PAPERCLIP_*` → config `env` → engine-owned, later wins by
+//!   name at the first position;
+//! - `--session` only when resuming in the same cwd (OpenCode hangs otherwise).
+
+mod inherit;
+mod names;
+mod yaml;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{AgentConfig, SecretString};
+use crate::error_code::ErrorCode;
+
+pub use inherit::{InheritedPod, PAPERCLIP_CONTAINER};
+pub use names::{
+    AGENT_ID_KEY, AGENT_NAME_ANNOTATION, APP_NAME_KEY, APP_NAME_VALUE, ATTEMPT_ANNOTATION,
+    COMPANY_ID_KEY, KEY_PREFIX, MANAGED_BY_KEY, MANAGED_BY_VALUE, RESUME_SESSION_ANNOTATION,
+    RUN_ID_KEY, TASK_KEY_KEY, agent_selector, is_adapter_label_key, label_value, object_name,
+    run_selector,
+};
+pub use yaml::{SecretValues, YamlError, to_yaml};
+
+/// Where the shared Paperclip volume is mounted, in the Paperclip pod and the agent pod alike.
+pub const WORKSPACE_MOUNT: &str = "/paperclip";
+/// Where the per-run Secret's prompt file is mounted.
+pub const SECRET_MOUNT: &str = "/var/run/opencode-k8s";
+/// The agent container's name.
+pub const CONTAINER_NAME: &str = "opencode";
+/// Secret key of the prompt.
+pub const PROMPT_KEY: &str = "prompt";
+/// Secret key (and env name) of the agent's Paperclip token.
+pub const API_KEY_KEY: &str = "PAPERCLIP_API_KEY";
+/// Prefix of Secret keys holding config `env` values.
+pub const ENV_KEY_PREFIX: &str = "env.";
+/// Largest total of Secret keys and values the engine creates. The API server refuses
+/// Secrets over 1 MiB; the rest is headroom for metadata.
+pub const SECRET_LIMIT_BYTES: usize = 1_000_000;
+/// Mode of the prompt file: readable by the pod's user and fsGroup only.
+const PROMPT_FILE_MODE: i32 = 0o440;
+const POD_UID: i64 = 1000;
+const PROMPT_VOLUME: &str = "opencode-k8s-run";
+const HOME_VOLUME: &str = "paperclip-home";
+
+/// Why the objects of a run cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// The Paperclip pod has no usable container.
+    #[error("failed to inherit from pod {pod}: it has no container {}; pass the Paperclip container's name", wanted.as_deref().map_or_else(|| "at all".to_owned(), |w| format!("named `{w}`")))]
+    NoContainer {
+        /// The pod.
+        pod: String,
+        /// The container asked for, if any.
+        wanted: Option<String>,
+    },
+    /// Nothing is mounted at `/paperclip` in the Paperclip container.
+    #[error(
+        "failed to inherit from pod {pod}: container {container} mounts nothing at /paperclip; mount the shared Paperclip PersistentVolumeClaim (ReadWriteMany) at /paperclip so agent pods see the same workspaces"
+    )]
+    NoWorkspaceVolume {
+        /// The pod.
+        pod: String,
+        /// The container inspected.
+        container: String,
+    },
+    /// `/paperclip` is not a PersistentVolumeClaim, so agent pods cannot share it.
+    #[error(
+        "failed to inherit from pod {pod}: volume {volume} mounted at /paperclip is not a PersistentVolumeClaim; agent pods on other nodes can only share a ReadWriteMany claim"
+    )]
+    WorkspaceNotClaim {
+        /// The pod.
+        pod: String,
+        /// The volume mounted at `/paperclip`.
+        volume: String,
+    },
+    /// Neither the config nor the Paperclip pod names an image.
+    #[error(
+        "failed to render the agent Job: no image; set `image` in the agent config to an image with `opencode` on PATH"
+    )]
+    NoImage,
+    /// The prompt and secrets do not fit one Secret.
+    #[error(
+        "failed to render the agent Job: the per-run Secret would hold {bytes} bytes (prompt {prompt_bytes} bytes), over the {limit}-byte limit of a Kubernetes Secret; shorten the prompt template or instructions file, or move large env values out of the agent config"
+    )]
+    PromptTooLarge {
+        /// Total bytes of keys and values.
+        bytes: usize,
+        /// Bytes of the prompt alone.
+        prompt_bytes: usize,
+        /// [`SECRET_LIMIT_BYTES`].
+        limit: usize,
+    },
+}
+
+impl ManifestError {
+    /// The stable code: `prompt_too_large` for a prompt that does not fit, else `config_invalid`
+    /// (the Paperclip pod or agent config cannot produce a working Job).
+    pub const fn code(&self) -> ErrorCode {
+        match self {
+            ManifestError::PromptTooLarge { .. } => ErrorCode::PromptTooLarge,
+            _ => ErrorCode::ConfigInvalid,
+        }
+    }
+}
+
+/// An OpenCode session to resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionResume {
+    /// `ses_...`.
+    pub session_id: String,
+    /// The cwd the session was created in, when known.
+    pub cwd: Option<String>,
+}
+
+/// One run attempt, as the host describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    /// Paperclip run id.
+    pub run_id: String,
+    /// Paperclip agent id.
+    pub agent_id: String,
+    /// Paperclip company id.
+    pub company_id: String,
+    /// Agent display name (used in object names).
+    pub agent_name: Option<String>,
+    /// Paperclip task key (sessions are per task).
+    pub task_key: Option<String>,
+    /// The rendered prompt, fed to OpenCode on stdin.
+    pub prompt: String,
+    /// The workspace cwd of this run.
+    pub cwd: Option<String>,
+    /// `PAPERCLIP_*` variables computed by the host.
+    pub paperclip_env: BTreeMap<String, String>,
+    /// The agent's Paperclip token (`PAPERCLIP_API_KEY`); `Debug` shows only its length.
+    pub api_key: Option<SecretString>,
+    /// The saved session of the task, if any.
+    pub resume: Option<SessionResume>,
+    /// 1, or 2 for the in-run fresh retry after a stale session.
+    pub attempt: u32,
+}
+
+/// Whether the run resumes a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "camelCase")]
+pub enum ResumeDecision {
+    /// No saved session: a new one starts.
+    New,
+    /// `--session` is passed.
+    Resumed {
+        /// The session resumed.
+        #[serde(rename = "sessionId")]
+        session_id: String,
+    },
+    /// A saved session exists but is not resumed.
+    Fresh {
+        /// Why, in words for the run log.
+        reason: String,
+    },
+}
+
+/// The objects to create for one run attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The Job.
+    pub job: Job,
+    /// The per-run Secret (same name as the Job).
+    pub secret: Secret,
+    /// The resume decision, to log.
+    pub resume: ResumeDecision,
+    /// What could not be inherited because no Paperclip pod was given.
+    pub not_inherited: Vec<String>,
+    /// Things that render but may not work as the operator expects, for the run log.
+    pub warnings: Vec<String>,
+}
+
+/// Decides whether to pass `--session`. Resuming in another directory hangs OpenCode forever,
+/// so a session is resumed only when its saved cwd equals this run's cwd.
+pub fn resume_decision(
+    req: &RunRequest,
+    cwd: Option<&str>,
+    config: &AgentConfig,
+) -> ResumeDecision {
+    let Some(resume) = &req.resume else {
+        return ResumeDecision::New;
+    };
+    let id = &resume.session_id;
+    if !config.resume_last_session {
+        return ResumeDecision::Fresh {
+            reason: format!(
+                "saved session {id} is not resumed because resumeLastSession is false; starting a fresh session"
+            ),
+        };
+    }
+    if id.is_empty() || id.starts_with('-') || id.contains(char::is_whitespace) {
+        return ResumeDecision::Fresh {
+            reason: format!(
+                "saved session id {id:?} is not a valid OpenCode session id; starting a fresh session"
+            ),
+        };
+    }
+    let norm = |p: Option<&str>| p.map(|p| p.trim_end_matches('/').to_owned());
+    if norm(resume.cwd.as_deref()) == norm(cwd) {
+        return ResumeDecision::Resumed {
+            session_id: id.clone(),
+        };
+    }
+    let show = |p: Option<&str>| p.map_or_else(|| "an unknown directory".to_owned(), str::to_owned);
+    ResumeDecision::Fresh {
+        reason: format!(
+            "saved session {id} was created in {}, this run's cwd is {}; resuming from another directory hangs OpenCode, starting a fresh session",
+            show(resume.cwd.as_deref()),
+            show(cwd)
+        ),
+    }
+}
+
+/// Env vars in order; setting a name again replaces its value in its first position.
+#[derive(Debug, Default)]
+struct EnvList(Vec<EnvVar>);
+
+impl EnvList {
+    fn set(&mut self, var: EnvVar) {
+        match self.0.iter_mut().find(|v| v.name == var.name) {
+            Some(slot) => *slot = var,
+            None => self.0.push(var),
+        }
+    }
+
+    fn literal(&mut self, name: &str, value: impl Into<String>) {
+        self.set(EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        });
+    }
+
+    fn secret_ref(&mut self, name: &str, secret: &str, key: &str) {
+        self.set(EnvVar {
+            name: name.into(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.into(),
+                    key: key.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.0.retain(|v| v.name != name);
+    }
+}
+
+/// Renders the Job and Secret of one run attempt.
+///
+/// `inherited` is the Paperclip pod's inheritable parts; without it (out-of-cluster use) the
+/// config must name the image, `/paperclip` is an emptyDir, and [`Rendered::not_inherited`]
+/// says what is missing.
+pub fn render(
+    req: &RunRequest,
+    inherited: Option<&InheritedPod>,
+    config: &AgentConfig,
+) -> Result<Rendered, ManifestError> {
+    let image = config
+        .image
+        .clone()
+        .or_else(|| inherited.and_then(|p| p.image.clone()))
+        .ok_or(ManifestError::NoImage)?;
+    let name = object_name(req.agent_name.as_deref(), &req.run_id, req.attempt);
+    let cwd = req.cwd.as_deref().or(config.cwd.as_deref());
+    let resume = resume_decision(req, cwd, config);
+    let mut warnings = Vec::new();
+    let mut not_inherited = Vec::new();
+
+    let ids = names::RunIds {
+        run_id: &req.run_id,
+        agent_id: &req.agent_id,
+        company_id: &req.company_id,
+        task_key: req.task_key.as_deref(),
+    };
+    let labels = ids.labels(&config.labels);
+    let mut annotations = ids.annotations();
+    if let Some(agent_name) = &req.agent_name {
+        annotations.insert(AGENT_NAME_ANNOTATION.into(), agent_name.clone());
+    }
+    annotations.insert(ATTEMPT_ANNOTATION.into(), req.attempt.max(1).to_string());
+    if let ResumeDecision::Resumed { session_id } = &resume {
+        annotations.insert(RESUME_SESSION_ANNOTATION.into(), session_id.clone());
+    }
+
+    let namespace = config
+        .namespace
+        .clone()
+        .or_else(|| inherited.and_then(|p| p.namespace.clone()));
+    if let (Some(pod), Some(ns)) = (inherited, &namespace)
+        && pod.namespace.as_ref().is_some_and(|pod_ns| pod_ns != ns)
+    {
+        warnings.push(format!(
+            "agent Jobs run in namespace {ns} but the Paperclip pod is in {}; the shared volume claim and inherited Secrets must exist in {ns} too",
+            pod.namespace.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(cwd) = cwd
+        && !(cwd == WORKSPACE_MOUNT || cwd.starts_with(&format!("{WORKSPACE_MOUNT}/")))
+    {
+        warnings.push(format!(
+            "the run's cwd {cwd} is outside the shared volume {WORKSPACE_MOUNT}; the agent pod will not see the Paperclip workspace there"
+        ));
+    }
+
+    // Secret data: everything secret, nothing else.
+    let mut data = BTreeMap::new();
+    data.insert(PROMPT_KEY.to_owned(), req.prompt.clone().into_bytes());
+    if let Some(key) = &req.api_key {
+        data.insert(API_KEY_KEY.to_owned(), key.expose().as_bytes().to_vec());
+    }
+    let opencode_config = opencode_config_content(inherited, config, &mut warnings);
+    for (env_name, value) in &config.env {
+        let value = match (&opencode_config, env_name.as_str()) {
+            (Some(merged), "OPENCODE_CONFIG_CONTENT") => merged.clone(),
+            _ => value.expose().to_owned(),
+        };
+        data.insert(format!("{ENV_KEY_PREFIX}{env_name}"), value.into_bytes());
+    }
+    let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > SECRET_LIMIT_BYTES {
+        return Err(ManifestError::PromptTooLarge {
+            bytes,
+            prompt_bytes: req.prompt.len(),
+            limit: SECRET_LIMIT_BYTES,
+        });
+    }
+
+    let env = build_env(req, inherited, config, &name, opencode_config);
+
+    let mut args = vec![
+        "opencode".to_owned(),
+        "run".into(),
+        "--format".into(),
+        "json".into(),
+    ];
+    args.extend(["--model".to_owned(), config.model.clone()]);
+    if let Some(variant) = &config.variant {
+        args.extend(["--variant".to_owned(), variant.clone()]);
+    }
+    if let ResumeDecision::Resumed { session_id } = &resume {
+        args.extend(["--session".to_owned(), session_id.clone()]);
+    }
+    args.extend(config.extra_args.iter().cloned());
+
+    let (mut volumes, mut mounts) = match inherited {
+        Some(pod) => {
+            let mut volumes = vec![pod.workspace_volume.clone()];
+            volumes.extend(pod.secret_volumes.iter().cloned());
+            let mut mounts = vec![pod.workspace_mount.clone()];
+            mounts.extend(pod.secret_mounts.iter().cloned());
+            (volumes, mounts)
+        }
+        None => {
+            not_inherited.push(format!("the shared volume at {WORKSPACE_MOUNT}: an emptyDir is used, so workspaces are not visible and sessions do not survive the run"));
+            not_inherited.push("image pull secrets, DNS settings, Secret volumes and env of the Paperclip container".into());
+            not_inherited.push("PAPERCLIP_API_URL of the Paperclip pod: set `paperclipApiUrl` if the host's URL is not reachable from pods".into());
+            if config.node_selector.is_empty() && config.tolerations.is_empty() {
+                not_inherited.push("node selector and tolerations".into());
+            }
+            if namespace.is_none() {
+                not_inherited.push(
+                    "namespace: none is set, so the client's default namespace is used".into(),
+                );
+            }
+            (
+                vec![Volume {
+                    name: HOME_VOLUME.into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                }],
+                vec![VolumeMount {
+                    name: HOME_VOLUME.into(),
+                    mount_path: WORKSPACE_MOUNT.into(),
+                    ..Default::default()
+                }],
+            )
+        }
+    };
+    volumes.push(Volume {
+        name: PROMPT_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(name.clone()),
+            items: Some(vec![KeyToPath {
+                key: PROMPT_KEY.into(),
+                path: PROMPT_KEY.into(),
+                mode: None,
+            }]),
+            default_mode: Some(PROMPT_FILE_MODE),
+            optional: Some(false),
+        }),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: PROMPT_VOLUME.into(),
+        mount_path: SECRET_MOUNT.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image),
+        image_pull_policy: Some(config.image_pull_policy.as_str().into()),
+        // `sh` only redirects stdin; user data is passed as positional arguments, never quoted
+        // into the script. The prompt goes on stdin: as an argument it reaches the model quoted.
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec \"$@\" < {SECRET_MOUNT}/{PROMPT_KEY}"),
+            "opencode".into(),
+        ]),
+        args: Some(args),
+        working_dir: cwd.map(str::to_owned),
+        env: Some(env),
+        env_from: inherited
+            .map(|p| p.env_from.clone())
+            .filter(|e| !e.is_empty()),
+        resources: Some(resources(config)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            run_as_non_root: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let node_selector = if config.node_selector.is_empty() {
+        inherited
+            .map(|p| p.node_selector.clone())
+            .unwrap_or_default()
+    } else {
+        config.node_selector.clone()
+    };
+    let tolerations = if config.tolerations.is_empty() {
+        inherited.map(|p| p.tolerations.clone()).unwrap_or_default()
+    } else {
+        config.tolerations.clone()
+    };
+
+    let pod_spec = PodSpec {
+        restart_policy: Some("Never".into()),
+        containers: vec![container],
+        volumes: Some(volumes),
+        automount_service_account_token: Some(false),
+        service_account_name: config.service_account_name.clone(),
+        termination_grace_period_seconds: Some(i64::try_from(config.grace_sec).unwrap_or(i64::MAX)),
+        image_pull_secrets: inherited
+            .map(|p| p.image_pull_secrets.clone())
+            .filter(|s| !s.is_empty()),
+        dns_policy: inherited.and_then(|p| p.dns_policy.clone()),
+        dns_config: inherited.and_then(|p| p.dns_config.clone()),
+        node_selector: (!node_selector.is_empty()).then_some(node_selector),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        security_context: Some(PodSecurityContext {
+            run_as_user: Some(POD_UID),
+            run_as_group: Some(POD_UID),
+            fs_group: Some(POD_UID),
+            run_as_non_root: Some(true),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: namespace.clone(),
+        labels: Some(labels.clone()),
+        annotations: Some(annotations.clone()),
+        ..Default::default()
+    };
+    let job = Job {
+        metadata: meta.clone(),
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: (config.timeout_sec > 0)
+                .then(|| i64::try_from(config.timeout_sec).unwrap_or(i64::MAX)),
+            ttl_seconds_after_finished: (!config.retain_jobs)
+                .then(|| i32::try_from(config.ttl_seconds_after_finished).unwrap_or(i32::MAX)),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let secret = Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    };
+    Ok(Rendered {
+        job,
+        secret,
+        resume,
+        not_inherited,
+        warnings,
+    })
+}
+
+/// The `OPENCODE_CONFIG_CONTENT` value the engine sets, if it sets one: the config's own (else
+/// the Paperclip container's literal one) with the permission bypass merged in.
+fn opencode_config_content(
+    inherited: Option<&InheritedPod>,
+    config: &AgentConfig,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    if !config.dangerously_skip_permissions {
+        return None;
+    }
+    const NAME: &str = "OPENCODE_CONFIG_CONTENT";
+    let from_config = config.env.get(NAME).map(|v| v.expose().to_owned());
+    let inherited_var = inherited.and_then(|p| p.env_value(NAME));
+    let base = from_config.or_else(|| {
+        let var = inherited_var?;
+        if var.value.is_none() {
+            warnings.push(format!("the Paperclip container's {NAME} comes from a reference and is replaced by the permission bypass; put it in the agent config `env` to keep it"));
+        }
+        var.value.clone()
+    });
+    let mut object = base
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    // Nobody can answer a permission prompt inside a Job; "allow" sets every permission at once.
+    object["permission"] = json!("allow");
+    Some(object.to_string())
+}
+
+fn build_env(
+    req: &RunRequest,
+    inherited: Option<&InheritedPod>,
+    config: &AgentConfig,
+    secret_name: &str,
+    opencode_config: Option<String>,
+) -> Vec<EnvVar> {
+    let mut env = EnvList::default();
+    for var in inherited.map(|p| p.env.as_slice()).unwrap_or_default() {
+        env.set(var.clone());
+    }
+    // The Paperclip pod's own key must never reach an agent; the run's key is set below.
+    env.remove(API_KEY_KEY);
+    let inherited_api_url = inherited.is_some_and(|p| p.env_value("PAPERCLIP_API_URL").is_some());
+    for (name, value) in &req.paperclip_env {
+        let keep = match name.as_str() {
+            // The host computes a localhost URL that is unreachable from a pod; the Paperclip
+            // pod's own value is the one that works from inside the cluster.
+            "PAPERCLIP_API_URL" => !inherited_api_url,
+            // HOME, OPENCODE_DB, the API key...: set below, or only through the Secret.
+            _ => !crate::config::ENGINE_OWNED_ENV
+                .iter()
+                .any(|(n, _)| n == name),
+        };
+        if keep {
+            env.literal(name, value.clone());
+        }
+    }
+    for name in config.env.keys() {
+        env.secret_ref(name, secret_name, &format!("{ENV_KEY_PREFIX}{name}"));
+    }
+    if req.api_key.is_some() {
+        env.secret_ref(API_KEY_KEY, secret_name, API_KEY_KEY);
+    }
+    if let Some(url) = &config.paperclip_api_url {
+        env.literal("PAPERCLIP_API_URL", url.clone());
+    }
+    env.literal("HOME", WORKSPACE_MOUNT);
+    env.literal("OPENCODE_DISABLE_PROJECT_CONFIG", "true");
+    env.literal("OPENCODE_DISABLE_AUTOUPDATE", "1");
+    env.literal(
+        "OPENCODE_DB",
+        format!(
+            "{WORKSPACE_MOUNT}/.opencode-k8s/{}/{}/opencode.db",
+            names::path_segment(&req.company_id),
+            names::path_segment(&req.agent_id)
+        ),
+    );
+    match opencode_config {
+        // A config-supplied value may hold provider keys: it stays in the Secret.
+        Some(_) if config.env.contains_key("OPENCODE_CONFIG_CONTENT") => {}
+        Some(merged) => env.literal("OPENCODE_CONFIG_CONTENT", merged),
+        None => {}
+    }
+    env.0
+}
+
+fn resources(config: &AgentConfig) -> ResourceRequirements {
+    let amounts = |a: &crate::config::ResourceAmounts| {
+        BTreeMap::from([
+            ("cpu".to_owned(), KubeQuantity(a.cpu.as_str().to_owned())),
+            (
+                "memory".to_owned(),
+                KubeQuantity(a.memory.as_str().to_owned()),
+            ),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(amounts(&config.resources.requests)),
+        limits: Some(amounts(&config.resources.limits)),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,552 @@
+//! Rendered Job and Secret for representative configurations, pinned as YAML snapshots, plus a
+//! validity walk that checks each against the rules kube-apiserver and Pod Security
+//! "restricted" enforce.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Pod;
+use opencode_k8s_core::config::{AgentConfig, Quantity, syntax};
+use opencode_k8s_core::error_code::ErrorCode;
+use opencode_k8s_core::manifest::{
+    self, InheritedPod, ManifestError, Rendered, ResumeDecision, RunRequest, SecretValues,
+    SessionResume,
+};
+use serde_json::{Value, json};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+const API_KEY: &str = "pcp-agent-jwt-SECRET-do-not-leak";
+const PROMPT: &str = "You are agent Echo Agent. Continue your Paperclip work.\n";
+const CWD: &str = "/paperclip/workspaces/app";
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn config(v: Value) -> AgentConfig {
+    AgentConfig::from_json(&v).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn example_config(file: &str) -> AgentConfig {
+    config(serde_json::from_str(&read(&format!("{EXAMPLES}/{file}"))).unwrap())
+}
+
+fn example_pod() -> InheritedPod {
+    let pod: Pod =
+        serde_saphyr::from_str(&read(&format!("{EXAMPLES}/paperclip-pod.yaml"))).unwrap();
+    InheritedPod::from_pod(&pod, None).unwrap()
+}
+
+/// A request with the ids and `PAPERCLIP_*` env of a real captured Paperclip execute.
+fn request() -> RunRequest {
+    let ctx: Value = serde_json::from_str(&read(&format!(
+        "{FIXTURES}/paperclip/ctx-issue-assigned.json"
+    )))
+    .unwrap();
+    let golden: Value = serde_json::from_str(&read(&format!(
+        "{FIXTURES}/paperclip/adapter-utils-golden.json"
+    )))
+    .unwrap();
+    let paperclip_env = golden["outputs"]["buildPaperclipEnv"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .chain([(
+            "PAPERCLIP_RUN_ID".to_owned(),
+            ctx["runId"].as_str().unwrap().to_owned(),
+        )])
+        .collect();
+    RunRequest {
+        run_id: ctx["runId"].as_str().unwrap().into(),
+        agent_id: ctx["agent"]["id"].as_str().unwrap().into(),
+        company_id: ctx["agent"]["companyId"].as_str().unwrap().into(),
+        agent_name: ctx["agent"]["name"].as_str().map(str::to_owned),
+        task_key: ctx["runtime"]["taskKey"].as_str().map(str::to_owned),
+        prompt: PROMPT.into(),
+        cwd: Some(CWD.into()),
+        paperclip_env,
+        api_key: Some(API_KEY.into()),
+        resume: None,
+        attempt: 1,
+    }
+}
+
+/// The snapshot text: what the run log would say, then the objects (Secret values decoded).
+fn snapshot_text(r: &Rendered) -> String {
+    let mut out = format!("# resume: {}\n", serde_json::to_string(&r.resume).unwrap());
+    for line in &r.not_inherited {
+        out.push_str(&format!("# not inherited: {line}\n"));
+    }
+    for line in &r.warnings {
+        out.push_str(&format!("# warning: {line}\n"));
+    }
+    out + &manifest::to_yaml(r, SecretValues::Decoded).unwrap()
+}
+
+fn render_ok(req: &RunRequest, pod: Option<&InheritedPod>, cfg: &AgentConfig) -> Rendered {
+    let r = manifest::render(req, pod, cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_valid(&r, req);
+    r
+}
+
+#[test]
+fn minimal_in_cluster() {
+    let r = render_ok(
+        &request(),
+        Some(&example_pod()),
+        &config(json!({"model": "anthropic/claude-sonnet-4-5"})),
+    );
+    assert_eq!(r.resume, ResumeDecision::New);
+    assert!(r.not_inherited.is_empty());
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn full_config() {
+    let r = render_ok(
+        &request(),
+        Some(&example_pod()),
+        &example_config("agent-config-full.json"),
+    );
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn out_of_cluster_without_a_pod() {
+    let cfg = example_config("agent-config.json");
+    assert!(matches!(
+        manifest::render(&request(), None, &cfg),
+        Err(ManifestError::NoImage)
+    ));
+    let cfg = config(
+        json!({"model": "anthropic/claude-sonnet-4-5", "image": "ghcr.io/example/opencode:1.18.33"}),
+    );
+    let r = render_ok(&request(), None, &cfg);
+    assert!(
+        r.not_inherited.iter().any(|l| l.contains("emptyDir")),
+        "{:?}",
+        r.not_inherited
+    );
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn resume_in_the_same_cwd_passes_session() {
+    let mut req = request();
+    req.resume = Some(SessionResume {
+        session_id: "ses_de2d4f85cffeXTeIpIgen2Yy5j".into(),
+        cwd: Some(format!("{CWD}/")),
+    });
+    let r = render_ok(&req, Some(&example_pod()), &config(json!({"model": "a/b"})));
+    assert_eq!(
+        r.resume,
+        ResumeDecision::Resumed {
+            session_id: "ses_de2d4f85cffeXTeIpIgen2Yy5j".into()
+        }
+    );
+    let args = container_args(&r);
+    let at = args
+        .iter()
+        .position(|a| a == "--session")
+        .expect("--session passed");
+    assert_eq!(args[at + 1], "ses_de2d4f85cffeXTeIpIgen2Yy5j");
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn fresh_after_cwd_change() {
+    let mut req = request();
+    req.resume = Some(SessionResume {
+        session_id: "ses_x".into(),
+        cwd: Some("/paperclip/workspaces/old".into()),
+    });
+    let r = render_ok(&req, Some(&example_pod()), &config(json!({"model": "a/b"})));
+    let ResumeDecision::Fresh { reason } = &r.resume else {
+        panic!("{:?}", r.resume)
+    };
+    assert!(
+        reason.contains("/paperclip/workspaces/old") && reason.contains(CWD),
+        "{reason}"
+    );
+    assert!(!container_args(&r).contains(&"--session".to_owned()));
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn resume_rules_for_missing_cwds_and_disabled_resume() {
+    let cfg = config(json!({"model": "a/b"}));
+    let mut req = request();
+    req.cwd = None;
+    req.resume = Some(SessionResume {
+        session_id: "ses_x".into(),
+        cwd: None,
+    });
+    assert!(matches!(
+        manifest::resume_decision(&req, None, &cfg),
+        ResumeDecision::Resumed { .. }
+    ));
+    assert!(matches!(
+        manifest::resume_decision(&req, Some(CWD), &cfg),
+        ResumeDecision::Fresh { .. }
+    ));
+    let off = config(json!({"model": "a/b", "resumeLastSession": "false"}));
+    let ResumeDecision::Fresh { reason } = manifest::resume_decision(&req, None, &off) else {
+        panic!()
+    };
+    assert!(reason.contains("resumeLastSession is false"));
+    req.resume = Some(SessionResume {
+        session_id: "--help".into(),
+        cwd: None,
+    });
+    assert!(matches!(
+        manifest::resume_decision(&req, None, &cfg),
+        ResumeDecision::Fresh { .. }
+    ));
+}
+
+#[test]
+fn huge_prompt_fails_before_anything_is_created() {
+    let mut req = request();
+    req.prompt = "x".repeat(1_000_001);
+    let err =
+        manifest::render(&req, Some(&example_pod()), &config(json!({"model": "a/b"}))).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PromptTooLarge);
+    insta::assert_snapshot!(err.to_string());
+}
+
+#[test]
+fn retain_jobs_has_no_ttl() {
+    let cfg = config(
+        json!({"model": "a/b", "retainJobs": "true", "timeoutSec": "0", "ttlSecondsAfterFinished": 60}),
+    );
+    let r = render_ok(&request(), Some(&example_pod()), &cfg);
+    let spec = r.job.spec.as_ref().unwrap();
+    assert_eq!(spec.ttl_seconds_after_finished, None);
+    assert_eq!(spec.active_deadline_seconds, None);
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn tolerations_text_replaces_the_pods() {
+    let yaml = "- key: dedicated\n  operator: Equal\n  value: agents\n  effect: NoSchedule\n- operator: Exists\n  effect: NoExecute\n  tolerationSeconds: \"60\"\n";
+    let cfg = config(
+        json!({"model": "a/b", "tolerations": yaml, "nodeSelector": "{\"pool\": \"agents\"}"}),
+    );
+    let r = render_ok(&request(), Some(&example_pod()), &cfg);
+    let pod = r.job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let tolerations = pod.tolerations.as_ref().unwrap();
+    assert_eq!(tolerations.len(), 2);
+    assert_eq!(tolerations[1].toleration_seconds, Some(60));
+    assert_eq!(
+        pod.node_selector
+            .as_ref()
+            .unwrap()
+            .get("pool")
+            .map(String::as_str),
+        Some("agents")
+    );
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn retry_attempt_with_merged_opencode_config_in_the_secret() {
+    let mut req = request();
+    req.attempt = 2;
+    req.api_key = None;
+    let cfg = config(json!({
+        "model": "a/b",
+        "env": {"OPENCODE_CONFIG_CONTENT": "{\"provider\":{\"x\":{\"options\":{\"apiKey\":\"sk-provider\"}}}}"}
+    }));
+    let r = render_ok(&req, Some(&example_pod()), &cfg);
+    assert!(r.job.metadata.name.as_deref().unwrap().ends_with("-a2"));
+    let data = r.secret.data.as_ref().unwrap();
+    let merged: Value = serde_json::from_slice(&data["env.OPENCODE_CONFIG_CONTENT"].0).unwrap();
+    assert_eq!(merged["permission"], "allow");
+    assert_eq!(merged["provider"]["x"]["options"]["apiKey"], "sk-provider");
+    assert!(!data.contains_key("PAPERCLIP_API_KEY"));
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn inherited_pod_from_the_example() {
+    let pod = example_pod();
+    assert_eq!(pod.container_name, "paperclip");
+    assert!(
+        pod.secret_mounts
+            .iter()
+            .all(|m| !m.mount_path.contains("serviceaccount"))
+    );
+    assert_eq!(
+        pod.tolerations.len(),
+        1,
+        "default not-ready/unreachable tolerations dropped"
+    );
+    insta::assert_snapshot!(serde_saphyr::to_string(&pod).unwrap());
+}
+
+#[test]
+fn env_layers_keep_first_position_and_inherited_api_url() {
+    let r = render_ok(
+        &request(),
+        Some(&example_pod()),
+        &example_config("agent-config.json"),
+    );
+    let env = container_env(&r);
+    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    // HOME keeps the Paperclip container's position, with the engine's value.
+    assert_eq!(names[..3], ["PAPERCLIP_API_URL", "NODE_ENV", "HOME"]);
+    let value = |n: &str| {
+        env.iter()
+            .find(|(name, _)| name == n)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(value("HOME"), json!("/paperclip"));
+    assert_eq!(
+        value("PAPERCLIP_API_URL"),
+        json!("http://paperclip.paperclip.svc.cluster.local:3100"),
+        "host's localhost URL must not win"
+    );
+    assert_eq!(
+        value("MEMORY_LIMIT")["resourceFieldRef"]["containerName"],
+        "opencode"
+    );
+    assert_eq!(
+        value("ANTHROPIC_API_KEY")["secretKeyRef"]["key"],
+        "env.ANTHROPIC_API_KEY"
+    );
+    assert_eq!(
+        value("OPENCODE_DB"),
+        json!(format!(
+            "/paperclip/.opencode-k8s/{}/{}/opencode.db",
+            request().company_id,
+            request().agent_id
+        ))
+    );
+    let override_url = config(json!({"model": "a/b", "paperclipApiUrl": "https://pc.example.com"}));
+    let r = render_ok(&request(), Some(&example_pod()), &override_url);
+    assert!(
+        container_env(&r).contains(&("PAPERCLIP_API_URL".into(), json!("https://pc.example.com")))
+    );
+    let r = render_ok(
+        &request(),
+        None,
+        &config(json!({"model": "a/b", "image": "i"})),
+    );
+    assert!(
+        container_env(&r).contains(&("PAPERCLIP_API_URL".into(), json!("http://127.0.0.1:3100")))
+    );
+}
+
+#[test]
+fn pods_without_a_shared_claim_are_refused_with_what_to_add() {
+    let mut pod: Pod =
+        serde_saphyr::from_str(&read(&format!("{EXAMPLES}/paperclip-pod.yaml"))).unwrap();
+    let spec = pod.spec.as_mut().unwrap();
+    spec.volumes.as_mut().unwrap()[0].persistent_volume_claim = None;
+    spec.volumes.as_mut().unwrap()[0].empty_dir = Some(Default::default());
+    let err = InheritedPod::from_pod(&pod, None).unwrap_err();
+    assert!(
+        err.to_string().contains("not a PersistentVolumeClaim"),
+        "{err}"
+    );
+    spec_mounts_clear(&mut pod);
+    let err = InheritedPod::from_pod(&pod, None).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ConfigInvalid);
+    insta::assert_snapshot!(err.to_string());
+    assert!(matches!(
+        InheritedPod::from_pod(&pod, Some("nope")),
+        Err(ManifestError::NoContainer { .. })
+    ));
+}
+
+fn spec_mounts_clear(pod: &mut Pod) {
+    for c in &mut pod.spec.as_mut().unwrap().containers {
+        c.volume_mounts = None;
+    }
+}
+
+fn pod_spec(r: &Rendered) -> Value {
+    serde_json::to_value(&r.job).unwrap()["spec"]["template"]["spec"].clone()
+}
+
+fn container_args(r: &Rendered) -> Vec<String> {
+    serde_json::from_value(pod_spec(r)["containers"][0]["args"].clone()).unwrap()
+}
+
+/// (name, value or valueFrom) of the container's env.
+fn container_env(r: &Rendered) -> Vec<(String, Value)> {
+    pod_spec(r)["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e.get("value")
+                    .cloned()
+                    .unwrap_or_else(|| e["valueFrom"].clone()),
+            )
+        })
+        .collect()
+}
+
+/// Checks what kube-apiserver validation and Pod Security "restricted" check, plus the
+/// engine's own promises (no secret in the Job spec, names stable and short).
+fn assert_valid(r: &Rendered, req: &RunRequest) {
+    let job = serde_json::to_value(&r.job).unwrap();
+    let secret = serde_json::to_value(&r.secret).unwrap();
+    let name = job["metadata"]["name"].as_str().unwrap();
+    assert!(syntax::is_dns1123_label(name), "job name {name}");
+    assert_eq!(secret["metadata"]["name"], name);
+    if let Some(ns) = job["metadata"]["namespace"].as_str() {
+        assert!(syntax::is_dns1123_label(ns), "namespace {ns}");
+    }
+    for meta in [
+        &job["metadata"],
+        &job["spec"]["template"]["metadata"],
+        &secret["metadata"],
+    ] {
+        for (k, v) in meta["labels"].as_object().unwrap() {
+            assert!(syntax::is_qualified_name(k), "label key {k}");
+            assert!(syntax::is_label_value(v.as_str().unwrap()), "label {k}={v}");
+        }
+        for k in meta["annotations"].as_object().unwrap().keys() {
+            assert!(syntax::is_qualified_name(k), "annotation key {k}");
+        }
+        assert_eq!(
+            meta["labels"]["opencode-k8s.dev/run-id"],
+            manifest::label_value(&req.run_id)
+        );
+    }
+    let spec = &job["spec"];
+    assert_eq!(spec["backoffLimit"], 0);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert!(pod.get("initContainers").is_none());
+    assert!(pod.get("hostNetwork").is_none() && pod.get("hostPID").is_none());
+    let psc = &pod["securityContext"];
+    assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(psc["runAsNonRoot"], true);
+    assert!(psc["runAsUser"].as_i64().unwrap() > 0);
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert!(syntax::is_dns1123_label(c["name"].as_str().unwrap()));
+    assert!(!c["image"].as_str().unwrap().is_empty());
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert!(c["securityContext"].get("privileged").is_none());
+    for kind in ["cpu", "memory"] {
+        let q =
+            |which: &str| Quantity::parse(c["resources"][which][kind].as_str().unwrap()).unwrap();
+        assert!(q("limits") >= q("requests"), "{kind} limit below request");
+    }
+    let volumes = pod["volumes"].as_array().unwrap();
+    let volume_names: BTreeSet<&str> = volumes
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(volume_names.len(), volumes.len(), "volume names unique");
+    for v in volumes {
+        assert!(syntax::is_dns1123_label(v["name"].as_str().unwrap()));
+        let types: Vec<&String> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "name")
+            .collect();
+        assert_eq!(types.len(), 1, "one source per volume: {v}");
+        assert!(
+            [
+                "persistentVolumeClaim",
+                "secret",
+                "emptyDir",
+                "configMap",
+                "projected"
+            ]
+            .contains(&types[0].as_str()),
+            "PSS restricted volume type {}",
+            types[0]
+        );
+    }
+    let mut paths = BTreeSet::new();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        assert!(
+            volume_names.contains(m["name"].as_str().unwrap()),
+            "mount of a missing volume {m}"
+        );
+        assert!(
+            paths.insert(m["mountPath"].as_str().unwrap()),
+            "duplicate mount path {m}"
+        );
+    }
+    assert!(paths.contains("/paperclip") && paths.contains("/var/run/opencode-k8s"));
+    let data = secret["data"].as_object().unwrap();
+    let mut names = BTreeSet::new();
+    for e in c["env"].as_array().unwrap() {
+        let n = e["name"].as_str().unwrap();
+        assert!(names.insert(n), "duplicate env {n}");
+        assert!(
+            e.get("value").is_some() != e.get("valueFrom").is_some(),
+            "env {n} needs value xor valueFrom"
+        );
+        if let Some(sel) = e["valueFrom"].get("secretKeyRef")
+            && sel["name"] == name
+        {
+            assert!(
+                data.contains_key(sel["key"].as_str().unwrap()),
+                "env {n} refers to a missing key"
+            );
+        }
+    }
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(secret["immutable"], true);
+    assert!(data.keys().all(|k| syntax::is_secret_key(k)));
+    assert!(data.contains_key("prompt"));
+    let job_text = job.to_string();
+    assert!(
+        !job_text.contains(API_KEY),
+        "API key leaked into the Job spec"
+    );
+    assert!(
+        !job_text.contains(req.prompt.trim_end()),
+        "prompt leaked into the Job spec"
+    );
+    assert!(
+        !job_text.contains("sk-ant-example") && !job_text.contains("sk-or-example"),
+        "config env value leaked into the Job spec"
+    );
+    let args = container_args(r);
+    assert_eq!(args[..4], ["opencode", "run", "--format", "json"]);
+}
+
+#[test]
+fn debug_output_of_a_request_hides_the_api_key() {
+    assert!(!format!("{:?}", request()).contains(API_KEY));
+}
+
+#[test]
+fn printed_yaml_reads_back_as_the_same_objects() {
+    let mut req = request();
+    req.prompt = format!(
+        "{}\n  indented line: with colon # and hash\n\"quoted\" 'single' {}\n",
+        "long words ".repeat(40),
+        "ü€"
+    );
+    let r = render_ok(
+        &req,
+        Some(&example_pod()),
+        &example_config("agent-config-full.json"),
+    );
+    let text = manifest::to_yaml(&r, SecretValues::Base64).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    assert_eq!(docs.len(), 2);
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(docs[0].clone()).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(docs[1].clone()).unwrap();
+    assert_eq!(job, r.job);
+    assert_eq!(secret, r.secret);
+}
