@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod error_code;
+pub mod event;
+pub mod lifecycle;
 pub mod manifest;
 pub mod parse;
 pub mod rbac;

@@ -1,0 +1,222 @@
+//! Cluster access: which credentials a run uses, and one reused client per distinct cluster.
+//!
+//! Three sources, as an operator configures them: the pod's own service account (the default
+//! when Paperclip runs in the cluster), a kubeconfig file, or kubeconfig content pasted into the
+//! agent's config. Clients are cached by source so a thousand runs share one connection pool.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use sha2::{Digest, Sha256};
+
+/// Where the engine gets its cluster credentials from.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum ClusterSource {
+    /// In-cluster service account, falling back to `$KUBECONFIG` / `~/.kube/config` (the order
+    /// `kube::Config::infer` uses), for an operator running the CLI on a workstation.
+    Default,
+    /// A kubeconfig file at this path (`kubeconfig` in the agent config).
+    KubeconfigPath(PathBuf),
+    /// Inline kubeconfig YAML (`kubeconfigContent`). Compared and hashed by content; never
+    /// printed.
+    KubeconfigContent(String),
+}
+
+impl ClusterSource {
+    /// The source a config's `kubeconfig` / `kubeconfigContent` fields select.
+    pub fn from_fields(path: Option<&str>, content: Option<&str>) -> Self {
+        match (path, content) {
+            (_, Some(content)) => Self::KubeconfigContent(content.to_owned()),
+            (Some(path), None) => Self::KubeconfigPath(PathBuf::from(path)),
+            (None, None) => Self::Default,
+        }
+    }
+}
+
+impl fmt::Debug for ClusterSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for ClusterSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => {
+                f.write_str("the in-cluster service account or the default kubeconfig")
+            }
+            Self::KubeconfigPath(path) => write!(f, "kubeconfig file {}", path.display()),
+            Self::KubeconfigContent(content) => {
+                let digest = Sha256::digest(content.as_bytes());
+                write!(f, "inline kubeconfigContent (sha256 {:.12})", hex(&digest))
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Failed to build a client for a [`ClusterSource`]; maps to `k8s_api_unreachable`.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to connect to the cluster using {source_desc}: {reason}; {hint}")]
+pub struct ClusterError {
+    /// The source that was tried (never the inline content itself).
+    pub source_desc: String,
+    /// What went wrong, in one line.
+    pub reason: String,
+    /// What the operator can do about it.
+    pub hint: &'static str,
+}
+
+impl ClusterError {
+    fn new(source: &ClusterSource, reason: impl fmt::Display) -> Self {
+        let hint = match source {
+            ClusterSource::Default => {
+                "run Paperclip in the cluster with a service account, or set `kubeconfig` / `kubeconfigContent` in the agent config"
+            }
+            ClusterSource::KubeconfigPath(_) => {
+                "check that the file exists, is readable by the Paperclip process and is a valid kubeconfig"
+            }
+            ClusterSource::KubeconfigContent(_) => {
+                "paste a complete kubeconfig (clusters, users, contexts, current-context) into kubeconfigContent"
+            }
+        };
+        let mut reason = reason.to_string();
+        if matches!(source, ClusterSource::KubeconfigContent(_)) {
+            // YAML errors quote the offending lines, which may hold a token: keep the position only.
+            reason.truncate(reason.find("-->").unwrap_or(reason.len()));
+        }
+        let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+        Self {
+            source_desc: source.to_string(),
+            reason,
+            hint,
+        }
+    }
+}
+
+/// One `kube::Client` per distinct [`ClusterSource`], created on first use and then reused.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<ClusterSource, kube::Client>>,
+}
+
+impl fmt::Debug for ClientCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.clients.lock().map(|c| c.len()).unwrap_or_default();
+        f.debug_struct("ClientCache")
+            .field("clients", &count)
+            .finish()
+    }
+}
+
+impl ClientCache {
+    /// The client for `source`, building it the first time.
+    pub async fn client(&self, source: &ClusterSource) -> Result<kube::Client, ClusterError> {
+        if let Some(client) = self.lock().get(source) {
+            return Ok(client.clone());
+        }
+        let config = load_config(source).await?;
+        let client = kube::Client::try_from(config).map_err(|e| ClusterError::new(source, e))?;
+        Ok(self.lock().entry(source.clone()).or_insert(client).clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterSource, kube::Client>> {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The `kube::Config` a source describes.
+pub async fn load_config(source: &ClusterSource) -> Result<kube::Config, ClusterError> {
+    let options = KubeConfigOptions::default();
+    match source {
+        ClusterSource::Default => kube::Config::infer()
+            .await
+            .map_err(|e| ClusterError::new(source, e)),
+        ClusterSource::KubeconfigPath(path) => {
+            let file = Kubeconfig::read_from(path).map_err(|e| ClusterError::new(source, e))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| ClusterError::new(source, e))
+        }
+        ClusterSource::KubeconfigContent(content) => {
+            let file = Kubeconfig::from_yaml(content).map_err(|e| ClusterError::new(source, e))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| ClusterError::new(source, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\ncurrent-context: sim\nusers:\n- name: sim\n  user:\n    token: secret-token\n";
+
+    #[test]
+    fn inline_content_is_never_displayed() {
+        let source = ClusterSource::from_fields(None, Some(KUBECONFIG));
+        let shown = source.to_string();
+        assert!(
+            shown.starts_with("inline kubeconfigContent (sha256 "),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret-token"));
+        assert!(!format!("{source:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn content_wins_over_path_and_neither_means_default() {
+        assert_eq!(
+            ClusterSource::from_fields(Some("/x"), Some("y")),
+            ClusterSource::KubeconfigContent("y".into())
+        );
+        assert_eq!(
+            ClusterSource::from_fields(None, None),
+            ClusterSource::Default
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_file_names_the_path_and_what_to_check() {
+        let source = ClusterSource::KubeconfigPath("/nonexistent/kubeconfig".into());
+        let Err(err) = ClientCache::default().client(&source).await else {
+            panic!("a bad source must fail")
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "failed to connect to the cluster using kubeconfig file /nonexistent/kubeconfig:"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("check that the file exists"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn garbage_content_is_rejected_without_echoing_it() {
+        let source = ClusterSource::KubeconfigContent("token: hunter2\n: : :".into());
+        let Err(err) = ClientCache::default().client(&source).await else {
+            panic!("a bad source must fail")
+        };
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("kubeconfigContent"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn one_client_per_source() {
+        let cache = ClientCache::default();
+        let source = ClusterSource::from_fields(None, Some(KUBECONFIG));
+        cache.client(&source).await.unwrap();
+        cache.client(&source).await.unwrap();
+        assert_eq!(cache.lock().len(), 1);
+    }
+}

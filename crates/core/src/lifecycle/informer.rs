@@ -1,0 +1,297 @@
+//! Shared watches: one watch each of the engine's Jobs, their pods and the namespace's Events
+//! per (cluster, namespace), fanned out to the runs that care. API requests per run stay
+//! constant however many runs are in flight and however long they last; nothing polls.
+//!
+//! The watches start with the first run in a namespace and stop when the last one ends.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::manifest::{MANAGED_BY_KEY, MANAGED_BY_VALUE};
+
+/// Server-side timeout of each watch call. Long, so a watch is reopened a handful of times a day
+/// rather than every five minutes; bookmarks keep it alive meanwhile.
+const WATCH_TIMEOUT_SECS: u32 = 3600;
+const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+const LEGACY_JOB_NAME_LABEL: &str = "job-name";
+
+/// A change to one run's objects.
+#[derive(Debug, Clone)]
+pub(crate) enum Update {
+    Job(Arc<Job>),
+    JobGone,
+    Pod(Arc<Pod>),
+    PodGone(String),
+    Event(Arc<Event>),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Per Job name, every subscriber (a run following it, runs waiting for it) by id.
+    subscribers: HashMap<String, Vec<(u64, mpsc::UnboundedSender<Update>)>>,
+    next_id: u64,
+    jobs: HashMap<String, Arc<Job>>,
+    pods: HashMap<String, Arc<Pod>>,
+}
+
+impl Shared {
+    fn send(&self, job: &str, update: Update) {
+        for (_, tx) in self.subscribers.get(job).into_iter().flatten() {
+            // A closed receiver is a run that just ended; its guard removes it.
+            let _ = tx.send(update.clone());
+        }
+    }
+}
+
+/// The shared watches of one namespace. Dropping the last handle stops them.
+pub(crate) struct NamespaceWatch {
+    shared: Arc<Mutex<Shared>>,
+    _tasks: JoinSet<()>,
+}
+
+impl fmt::Debug for NamespaceWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamespaceWatch").finish_non_exhaustive()
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl NamespaceWatch {
+    /// Start watching `namespace`.
+    pub(crate) fn start(client: &kube::Client, namespace: &str) -> Self {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let managed = format!("{MANAGED_BY_KEY}={MANAGED_BY_VALUE}");
+        let config = watcher::Config::default()
+            .labels(&managed)
+            .timeout(WATCH_TIMEOUT_SECS);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watch_jobs(
+            Api::namespaced(client.clone(), namespace),
+            config.clone(),
+            shared.clone(),
+        ));
+        tasks.spawn(watch_pods(
+            Api::namespaced(client.clone(), namespace),
+            config,
+            shared.clone(),
+        ));
+        let events = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
+        tasks.spawn(watch_events(
+            Api::namespaced(client.clone(), namespace),
+            events,
+            shared.clone(),
+        ));
+        Self {
+            shared,
+            _tasks: tasks,
+        }
+    }
+
+    /// Receive every change to Job `job`, its pods and their Events, starting with what is
+    /// already known about them.
+    pub(crate) fn subscribe(&self, job: &str) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut shared = lock(&self.shared);
+        if let Some(current) = shared.jobs.get(job) {
+            let _ = tx.send(Update::Job(current.clone()));
+        }
+        for pod in shared.pods.values().filter(|pod| pod_job(pod) == Some(job)) {
+            let _ = tx.send(Update::Pod(pod.clone()));
+        }
+        shared.next_id += 1;
+        let id = shared.next_id;
+        shared
+            .subscribers
+            .entry(job.to_owned())
+            .or_default()
+            .push((id, tx));
+        Subscription {
+            rx,
+            job: job.to_owned(),
+            id,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// One run's view of the shared watches; unsubscribes on drop.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    rx: mpsc::UnboundedReceiver<Update>,
+    job: String,
+    id: u64,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Subscription {
+    /// The next change; `None` only if the watches stopped.
+    pub(crate) async fn recv(&mut self) -> Option<Update> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut shared = lock(&self.shared);
+        if let Some(subscribers) = shared.subscribers.get_mut(&self.job) {
+            subscribers.retain(|(id, _)| *id != self.id);
+            if subscribers.is_empty() {
+                shared.subscribers.remove(&self.job);
+            }
+        }
+    }
+}
+
+fn pod_job(pod: &Pod) -> Option<&str> {
+    let labels = pod.metadata.labels.as_ref()?;
+    labels
+        .get(JOB_NAME_LABEL)
+        .or_else(|| labels.get(LEGACY_JOB_NAME_LABEL))
+        .map(String::as_str)
+}
+
+/// Tracks the names seen during a re-list, so objects deleted while the watch was down are
+/// reported gone (the watcher only reports deletions it saw).
+#[derive(Default)]
+struct Relist(Option<HashSet<String>>);
+
+impl Relist {
+    fn start(&mut self) {
+        self.0 = Some(HashSet::new());
+    }
+
+    fn saw(&mut self, name: &str) {
+        if let Some(seen) = &mut self.0 {
+            seen.insert(name.to_owned());
+        }
+    }
+
+    /// Names in `known` that the finished re-list did not return.
+    fn finish<V>(&mut self, known: &HashMap<String, V>) -> Vec<String> {
+        let Some(seen) = self.0.take() else {
+            return Vec::new();
+        };
+        known
+            .keys()
+            .filter(|name| !seen.contains(*name))
+            .cloned()
+            .collect()
+    }
+}
+
+async fn watch_jobs(api: Api<Job>, config: watcher::Config, shared: Arc<Mutex<Shared>>) {
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut relist = Relist::default();
+    while let Some(event) = stream.next().await {
+        let mut shared = lock(&shared);
+        match event {
+            Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
+                let name = job.metadata.name.clone().unwrap_or_default();
+                relist.saw(&name);
+                let job = Arc::new(job);
+                shared.send(&name, Update::Job(job.clone()));
+                shared.jobs.insert(name, job);
+            }
+            Ok(watcher::Event::Delete(job)) => {
+                let name = job.metadata.name.unwrap_or_default();
+                shared.jobs.remove(&name);
+                shared.send(&name, Update::JobGone);
+            }
+            Ok(watcher::Event::Init) => relist.start(),
+            Ok(watcher::Event::InitDone) => {
+                for name in relist.finish(&shared.jobs) {
+                    shared.jobs.remove(&name);
+                    shared.send(&name, Update::JobGone);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "job watch interrupted; retrying"),
+        }
+    }
+}
+
+async fn watch_pods(api: Api<Pod>, config: watcher::Config, shared: Arc<Mutex<Shared>>) {
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut relist = Relist::default();
+    while let Some(event) = stream.next().await {
+        let mut shared = lock(&shared);
+        match event {
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                relist.saw(&name);
+                let pod = Arc::new(pod);
+                if let Some(job) = pod_job(&pod) {
+                    shared.send(job, Update::Pod(pod.clone()));
+                }
+                shared.pods.insert(name, pod);
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                shared.pods.remove(&name);
+                if let Some(job) = pod_job(&pod) {
+                    shared.send(job, Update::PodGone(name));
+                }
+            }
+            Ok(watcher::Event::Init) => relist.start(),
+            Ok(watcher::Event::InitDone) => {
+                for name in relist.finish(&shared.pods) {
+                    if let Some(pod) = shared.pods.remove(&name)
+                        && let Some(job) = pod_job(&pod)
+                    {
+                        shared.send(job, Update::PodGone(name));
+                    }
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "pod watch interrupted; retrying"),
+        }
+    }
+}
+
+async fn watch_events(api: Api<Event>, config: watcher::Config, shared: Arc<Mutex<Shared>>) {
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(event) | watcher::Event::InitApply(event)) => {
+                let shared = lock(&shared);
+                if let Some(job) = event_job(&shared, &event) {
+                    shared.send(&job, Update::Event(Arc::new(event)));
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "event watch interrupted; retrying"),
+        }
+    }
+}
+
+/// The Job an Event is about: the Job itself, or one of its pods (known from the pod watch, or
+/// by its `<job>-<suffix>` name when the Event outran the pod).
+fn event_job(shared: &Shared, event: &Event) -> Option<String> {
+    let object = &event.involved_object;
+    let name = object.name.as_deref()?;
+    match object.kind.as_deref()? {
+        "Job" => shared
+            .subscribers
+            .contains_key(name)
+            .then(|| name.to_owned()),
+        "Pod" => match shared.pods.get(name) {
+            Some(pod) => pod_job(pod).map(str::to_owned),
+            None => name
+                .rsplit_once('-')
+                .map(|(job, _)| job)
+                .filter(|job| shared.subscribers.contains_key(*job))
+                .map(str::to_owned),
+        },
+        _ => None,
+    }
+}

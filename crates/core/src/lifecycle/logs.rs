@@ -1,0 +1,490 @@
+//! Exactly-once delivery of a container's output across follow-stream reconnects.
+//!
+//! The kubelet closes follow streams on its own (timeouts, log rotation) and connections drop.
+//! Every connection asks for `timestamps=true`; on reconnect the engine asks for `sinceTime` =
+//! the last delivered timestamp. The server truncates `sinceTime` to whole seconds (measured on
+//! v1.36; kube-rs also *rounds* it, which could skip ahead half a second, so the engine floors
+//! it itself), so the boundary second comes back: [`LogCursor`] drops what was already delivered
+//! by comparing full-precision timestamps, and position among equal ones. Never `sinceSeconds`
+//! plus content heuristics.
+//!
+//! A connection that ends inside a line while the container still runs holds that fragment back:
+//! the same entry arrives whole on the next connection. Only once the container has terminated is
+//! a last line without a newline delivered, without one, as the process wrote it.
+
+use std::time::Duration;
+
+use futures::AsyncBufReadExt;
+use jiff::{Timestamp, ToSpan};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::LogParams;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// What the engine knows about the container whose log it follows, fed by the pod watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ContainerState {
+    /// Not started yet: the log endpoint answers 204 with no body.
+    Waiting,
+    /// Running: a stream that ends now was cut and must be reopened.
+    Running,
+    /// Exited: one last read collects anything a cut stream missed, then the log is complete.
+    Terminated,
+    /// The pod is gone: nothing more can be read.
+    Gone,
+}
+
+/// Which entries of a timestamped log were already delivered.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LogCursor {
+    last: Option<Timestamp>,
+    /// How many delivered entries carry exactly `last` (timestamps may repeat).
+    delivered_at_last: u64,
+    /// On the current connection: how many entries stamped `last` are still to be skipped.
+    skip_at_last: u64,
+}
+
+impl LogCursor {
+    /// The cursor as an opaque string (`<timestamp>/<count>`), `None` before any output.
+    pub(crate) fn checkpoint(&self) -> Option<String> {
+        self.last
+            .map(|ts| format!("{ts}/{}", self.delivered_at_last))
+    }
+
+    /// A cursor from [`Self::checkpoint`]'s string.
+    pub(crate) fn from_checkpoint(text: &str) -> Option<Self> {
+        let (ts, count) = text.rsplit_once('/')?;
+        Some(Self {
+            last: Some(ts.parse().ok()?),
+            delivered_at_last: count.parse().ok()?,
+            skip_at_last: 0,
+        })
+    }
+
+    /// Start a new connection: the `sinceTime` to ask for (floored to whole seconds, so neither
+    /// the server's truncation nor a client's rounding can skip an entry).
+    pub(crate) fn reconnect(&mut self) -> Option<Timestamp> {
+        self.skip_at_last = self.delivered_at_last;
+        self.last.map(floor_to_second)
+    }
+
+    /// Whether the entry stamped `ts` is new (and if so, record it as delivered).
+    pub(crate) fn admit(&mut self, ts: Timestamp) -> bool {
+        match self.last {
+            Some(last) if ts < last => false,
+            Some(last) if ts == last => {
+                if self.skip_at_last > 0 {
+                    self.skip_at_last -= 1;
+                    false
+                } else {
+                    self.delivered_at_last += 1;
+                    true
+                }
+            }
+            _ => {
+                self.last = Some(ts);
+                self.delivered_at_last = 1;
+                self.skip_at_last = 0;
+                true
+            }
+        }
+    }
+}
+
+fn floor_to_second(ts: Timestamp) -> Timestamp {
+    let nanos = ts.subsec_nanosecond();
+    ts.checked_sub(i64::from(nanos).nanoseconds()).unwrap_or(ts)
+}
+
+/// Splits the raw bytes of one `timestamps=true` connection into admitted output.
+#[derive(Debug, Default)]
+pub(crate) struct StampedLines {
+    pending: Vec<u8>,
+}
+
+impl StampedLines {
+    /// Feed bytes; append the text of every complete, newly admitted entry (prefix removed,
+    /// newline kept) to `out`.
+    pub(crate) fn feed(&mut self, bytes: &[u8], cursor: &mut LogCursor, out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos + 1;
+            admit_entry(&self.pending[start..end], cursor, out);
+            start = end;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// The connection ended. With `complete` (the container has exited) a trailing fragment is
+    /// the process's real last line and is delivered; otherwise it is dropped, to come back whole
+    /// on the next connection.
+    pub(crate) fn end(&mut self, complete: bool, cursor: &mut LogCursor, out: &mut Vec<u8>) {
+        if complete && !self.pending.is_empty() {
+            admit_entry(&self.pending, cursor, out);
+        }
+        self.pending.clear();
+    }
+}
+
+fn admit_entry(entry: &[u8], cursor: &mut LogCursor, out: &mut Vec<u8>) {
+    let split = entry.iter().position(|&b| b == b' ');
+    let stamp = split.and_then(|at| {
+        std::str::from_utf8(&entry[..at])
+            .ok()?
+            .parse::<Timestamp>()
+            .ok()
+    });
+    match (stamp, split) {
+        (Some(ts), Some(at)) => {
+            if cursor.admit(ts) {
+                out.extend_from_slice(&entry[at + 1..]);
+            }
+        }
+        // Not a stamped entry (a server that ignores `timestamps`): deliver it as is.
+        _ => out.extend_from_slice(entry),
+    }
+}
+
+/// Failed to read a container's log; maps to `k8s_api_unreachable` or `k8s_forbidden`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogError {
+    /// The API refused the log read in a way retrying cannot fix.
+    #[error("failed to read the log of pod {pod}: {source}")]
+    Api {
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Output newly delivered, and the cursor after it.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) checkpoint: Option<String>,
+}
+
+/// How a finished follow went, for the run's statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FollowStats {
+    /// Log connections opened, the first included.
+    pub(crate) connections: u32,
+    /// Bytes delivered to the sink.
+    pub(crate) bytes: u64,
+}
+
+/// Follow `container` of `pod` until it has terminated and everything it wrote was delivered to
+/// `out` exactly once, in order (the bounded channel carries backpressure from the sink back to
+/// the reads). `state` comes from the pod watch.
+pub(crate) async fn follow(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    cursor: &mut LogCursor,
+    mut state: watch::Receiver<ContainerState>,
+    cancel: &CancellationToken,
+    out: &mpsc::Sender<Chunk>,
+) -> Result<FollowStats, LogError> {
+    let mut stats = FollowStats::default();
+    let mut retry = Backoff::default();
+    loop {
+        let current = *state.borrow_and_update();
+        match current {
+            ContainerState::Gone => return Ok(stats),
+            ContainerState::Waiting => {
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(stats),
+                    changed = state.changed() => if changed.is_err() { return Ok(stats) },
+                }
+                continue;
+            }
+            ContainerState::Running | ContainerState::Terminated => {}
+        }
+        let last_read = current == ContainerState::Terminated;
+        let params = LogParams {
+            container: Some(container.to_owned()),
+            follow: !last_read,
+            timestamps: true,
+            since_time: cursor.reconnect(),
+            ..LogParams::default()
+        };
+        stats.connections += 1;
+        let opened = tokio::select! {
+            () = cancel.cancelled() => return Ok(stats),
+            opened = pods.log_stream(pod, &params) => opened,
+        };
+        let before = stats.bytes;
+        let read = match opened {
+            Ok(reader) => {
+                read_connection(reader, last_read, cursor, cancel, out, &mut stats.bytes).await
+            }
+            Err(err) => Err(classify(err)),
+        };
+        if stats.bytes > before {
+            retry.reset();
+        }
+        match read {
+            Ok(()) if last_read => return Ok(stats),
+            Ok(()) => {}
+            Err(ReadFailure::Fatal(source)) => {
+                return Err(LogError::Api {
+                    pod: pod.to_owned(),
+                    source,
+                });
+            }
+            Err(ReadFailure::Transient(reason)) => {
+                tracing::debug!(pod, %reason, "log stream failed, reconnecting");
+            }
+            Err(ReadFailure::Cancelled) => return Ok(stats),
+        }
+        // A stream that ended (cut, or the container just exited): wait briefly — or until the
+        // pod watch reports a change — before the next connection, growing the pause while
+        // connections deliver nothing so a misbehaving kubelet is not hammered.
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(stats),
+            () = tokio::time::sleep(retry.next()) => {},
+            _ = state.changed() => {},
+        }
+    }
+}
+
+enum ReadFailure {
+    Fatal(kube::Error),
+    Transient(String),
+    Cancelled,
+}
+
+fn classify(err: kube::Error) -> ReadFailure {
+    match &err {
+        kube::Error::Api(status) if matches!(status.code, 401 | 403 | 404) => {
+            ReadFailure::Fatal(err)
+        }
+        _ => ReadFailure::Transient(err.to_string()),
+    }
+}
+
+async fn read_connection(
+    reader: impl futures::AsyncBufRead,
+    last_read: bool,
+    cursor: &mut LogCursor,
+    cancel: &CancellationToken,
+    out: &mpsc::Sender<Chunk>,
+    delivered: &mut u64,
+) -> Result<(), ReadFailure> {
+    let mut reader = std::pin::pin!(reader);
+    let mut lines = StampedLines::default();
+    loop {
+        let mut chunk = Vec::new();
+        let read = tokio::select! {
+            () = cancel.cancelled() => return Err(ReadFailure::Cancelled),
+            read = reader.fill_buf() => read.map(|buf| {
+                lines.feed(buf, cursor, &mut chunk);
+                buf.len()
+            }),
+        };
+        let result = match read {
+            Ok(0) => {
+                lines.end(last_read, cursor, &mut chunk);
+                Some(Ok(()))
+            }
+            Ok(n) => {
+                reader.consume_unpin(n);
+                None
+            }
+            Err(err) => {
+                lines.end(false, cursor, &mut chunk);
+                Some(Err(ReadFailure::Transient(err.to_string())))
+            }
+        };
+        if !chunk.is_empty() {
+            *delivered += chunk.len() as u64;
+            let chunk = Chunk {
+                bytes: chunk,
+                checkpoint: cursor.checkpoint(),
+            };
+            if out.send(chunk).await.is_err() {
+                // Nobody follows this run any more.
+                return Err(ReadFailure::Cancelled);
+            }
+        }
+        if let Some(result) = result {
+            return result;
+        }
+    }
+}
+
+/// Pause between connections that deliver nothing: 50 ms doubling to 2 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(Duration::from_millis(50))
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        now
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn run(conn: &[&str], complete: bool, cursor: &mut LogCursor) -> String {
+        let mut lines = StampedLines::default();
+        let mut out = Vec::new();
+        for chunk in conn.iter() {
+            lines.feed(chunk.as_bytes(), cursor, &mut out);
+        }
+        lines.end(complete, cursor, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn reconnect_floors_since_time_and_drops_the_boundary_second() {
+        let mut cursor = LogCursor::default();
+        assert_eq!(cursor.reconnect(), None);
+        let first = run(
+            &[
+                "2026-11-27T14:37:43.100000000Z a\n2026-11-27T14:37:43.6",
+                "00000000Z b\n",
+            ],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(first, "a\nb\n");
+        assert_eq!(cursor.reconnect(), Some(ts("2026-11-27T14:37:43Z")));
+        // The server sends the whole boundary second again.
+        let second = run(
+            &[
+                "2026-11-27T14:37:43.100000000Z a\n2026-11-27T14:37:43.600000000Z b\n2026-11-27T14:37:44.000000001Z c\n",
+            ],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(second, "c\n");
+    }
+
+    #[test]
+    fn equal_timestamps_are_told_apart_by_position() {
+        let mut cursor = LogCursor::default();
+        let t = "2026-11-27T14:37:43.500000000Z";
+        assert_eq!(
+            run(&[&format!("{t} one\n{t} two\n")], false, &mut cursor),
+            "one\ntwo\n"
+        );
+        cursor.reconnect();
+        assert_eq!(
+            run(
+                &[&format!("{t} one\n{t} two\n{t} three\n")],
+                false,
+                &mut cursor
+            ),
+            "three\n"
+        );
+    }
+
+    #[test]
+    fn a_fragment_cut_mid_run_is_held_back_and_arrives_whole() {
+        let mut cursor = LogCursor::default();
+        let out = run(
+            &["2026-11-27T14:37:43.1Z hello\n2026-11-27T14:37:43.2Z wor"],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(out, "hello\n");
+        cursor.reconnect();
+        let out = run(
+            &["2026-11-27T14:37:43.1Z hello\n2026-11-27T14:37:43.2Z world\n"],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(out, "world\n");
+    }
+
+    #[test]
+    fn the_last_line_without_newline_is_delivered_without_one_once_complete() {
+        let mut cursor = LogCursor::default();
+        let out = run(
+            &["2026-11-27T14:37:43.1Z done\n2026-11-27T14:37:43.2Z no newline"],
+            true,
+            &mut cursor,
+        );
+        assert_eq!(out, "done\nno newline");
+    }
+
+    #[test]
+    fn the_real_kubelet_capture_is_delivered_without_prefixes() {
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/kube/31-log-follow-timestamps.raw"
+        ))
+        .unwrap();
+        let mut cursor = LogCursor::default();
+        let mut lines = StampedLines::default();
+        let mut out = Vec::new();
+        lines.feed(&raw, &mut cursor, &mut out);
+        lines.end(true, &mut cursor, &mut out);
+        let expected: Vec<u8> = raw
+            .split_inclusive(|&b| b == b'\n')
+            .flat_map(|line| {
+                let at = line.iter().position(|&b| b == b' ').unwrap();
+                line[at + 1..].to_vec()
+            })
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&expected)
+        );
+        assert!(
+            !out.ends_with(b"\n"),
+            "the capture's last line has no newline"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_restores_the_cursor() {
+        let mut cursor = LogCursor::default();
+        let t = "2026-11-27T14:37:43.500000000Z";
+        run(&[&format!("{t} one\n{t} two\n")], false, &mut cursor);
+        let checkpoint = cursor.checkpoint().unwrap();
+        let mut restored = LogCursor::from_checkpoint(&checkpoint).unwrap();
+        assert_eq!(restored.reconnect(), Some(ts("2026-11-27T14:37:43Z")));
+        assert_eq!(
+            run(
+                &[&format!("{t} one\n{t} two\n{t} three\n")],
+                false,
+                &mut restored
+            ),
+            "three\n"
+        );
+        assert!(LogCursor::from_checkpoint("garbage").is_none());
+    }
+
+    #[test]
+    fn floor_keeps_whole_seconds() {
+        assert_eq!(
+            floor_to_second(ts("2026-11-27T14:37:43.999999999Z")),
+            ts("2026-11-27T14:37:43Z")
+        );
+        assert_eq!(
+            floor_to_second(ts("2026-11-27T14:37:43Z")),
+            ts("2026-11-27T14:37:43Z")
+        );
+    }
+}

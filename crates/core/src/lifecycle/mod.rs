@@ -1,0 +1,152 @@
+//! The run lifecycle: the only part of the engine that talks to a cluster.
+//!
+//! One run: validate → guard (one active Job per agent) → create Secret, Job, owner reference →
+//! follow the pod through the shared watches, its Events into the run log, its output exactly
+//! once into the parser and the sink → harvest the result → clean up. A stale or hanging resume
+//! is retried once, fresh, within the same run. Cancellation deletes the Job; the host process
+//! shutting down never does — the next run of the same agent and task reattaches instead.
+
+pub mod cluster;
+mod guard;
+mod informer;
+mod introspect;
+mod logs;
+mod objects;
+mod result;
+mod retry;
+mod run;
+mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use self::cluster::{ClientCache, ClusterError, ClusterSource};
+pub use self::introspect::SelfPod;
+pub use self::result::{RunError, RunResult, RunStatus, SessionParams};
+use crate::config::AgentConfig;
+use crate::event::RunSink;
+use crate::manifest::{InheritedPod, RunRequest};
+
+/// How long the engine waits for things that may never happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Another run of the same agent must finish within this, else `k8s_concurrent_run_blocked`.
+    pub concurrency_wait: Duration,
+    /// The pod must be scheduled within this, else `k8s_pod_unschedulable`.
+    pub schedule: Duration,
+    /// Once scheduled, the container must start within this, else `k8s_pod_start_timeout`.
+    pub start: Duration,
+    /// A resumed session must print its first event within this after the container started;
+    /// OpenCode hangs silently when resuming a session from another directory. Longer than
+    /// OpenCode's ~90 s of silent retries when the LLM endpoint fails.
+    pub resume_first_event: Duration,
+    /// Cancelling waits this long for the pod to be gone.
+    pub cancel: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            concurrency_wait: Duration::from_secs(30 * 60),
+            schedule: Duration::from_secs(5 * 60),
+            start: Duration::from_secs(10 * 60),
+            resume_first_event: Duration::from_secs(150),
+            cancel: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Engine-wide settings (the per-agent ones are in [`AgentConfig`]).
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// How to find the Paperclip pod the Jobs inherit from.
+    pub self_pod: SelfPod,
+    /// Wait bounds.
+    pub bounds: Bounds,
+}
+
+/// The engine: caches clients, the inherited pod template and the shared watches, and
+/// serializes check-and-create per agent. One per process; cheap to share behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Engine {
+    options: EngineOptions,
+    clients: ClientCache,
+    inherited: Mutex<HashMap<ClusterSource, Option<Arc<InheritedPod>>>>,
+    watches: Mutex<HashMap<(ClusterSource, String), Weak<informer::NamespaceWatch>>>,
+    agent_locks: guard::AgentLocks,
+    /// Jobs this engine is following right now (not to be adopted by another run).
+    active: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new(options: EngineOptions) -> Self {
+        Self {
+            options,
+            ..Self::default()
+        }
+    }
+
+    /// Run one agent turn to its end. `Ok` is a run that reached an outcome — succeeded,
+    /// failed, timed out or cancelled, with its error code; `Err` means the run could not be
+    /// started or the engine could not follow it (with its code). Nothing is created for a
+    /// request or config that fails validation.
+    pub async fn run(
+        &self,
+        request: RunRequest,
+        config: &AgentConfig,
+        sink: &dyn RunSink,
+        cancel: CancellationToken,
+    ) -> Result<RunResult, RunError> {
+        run::Run::new(self, request, config, sink, cancel, None)
+            .execute()
+            .await
+    }
+
+    /// Like [`Engine::run`], for a run whose Job may still be running from before a restart of
+    /// the host: `checkpoint` is the last [`RunEvent::Output`](crate::event::RunEvent) checkpoint
+    /// the host persisted, and output continues right after it, without repeating a line. A
+    /// checkpoint that cannot be read is an error (`config_invalid`); nothing is created.
+    pub async fn reattach(
+        &self,
+        request: RunRequest,
+        config: &AgentConfig,
+        checkpoint: &str,
+        sink: &dyn RunSink,
+        cancel: CancellationToken,
+    ) -> Result<RunResult, RunError> {
+        let cursor = logs::LogCursor::from_checkpoint(checkpoint).ok_or_else(|| {
+            RunError::new(
+                crate::error_code::ErrorCode::ConfigInvalid,
+                format!("output checkpoint {checkpoint:?} is not one the engine produced (expected `<RFC 3339 timestamp>/<count>`)"),
+            )
+        })?;
+        run::Run::new(self, request, config, sink, cancel, Some(cursor))
+            .execute()
+            .await
+    }
+
+    fn namespace_watch(
+        &self,
+        source: &ClusterSource,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Arc<informer::NamespaceWatch> {
+        let key = (source.clone(), namespace.to_owned());
+        let mut watches = lock(&self.watches);
+        if let Some(watch) = watches.get(&key).and_then(Weak::upgrade) {
+            return watch;
+        }
+        let watch = Arc::new(informer::NamespaceWatch::start(client, namespace));
+        watches.retain(|_, weak| weak.strong_count() > 0);
+        watches.insert(key, Arc::downgrade(&watch));
+        watch
+    }
+}

@@ -1,0 +1,144 @@
+//! Creating and deleting a run's objects: the Secret first, then the Job, then the Secret's
+//! owner reference to the Job (a JSON merge patch, so Kubernetes garbage-collects the Secret
+//! with its Job). A Job the API refuses takes its Secret with it.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::result::RunError;
+use super::retry::retry;
+use crate::error_code::ErrorCode;
+use crate::manifest::Rendered;
+
+/// Create the Secret and the Job of `rendered` in `namespace`; returns the created Job.
+pub(crate) async fn create(
+    client: &kube::Client,
+    namespace: &str,
+    rendered: &Rendered,
+) -> Result<Job, RunError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let name = rendered.job.metadata.name.clone().unwrap_or_default();
+    let params = PostParams::default();
+    match retry("create the Secret", || {
+        secrets.create(&params, &rendered.secret)
+    })
+    .await
+    {
+        Ok(_) => {}
+        // Left by an earlier attempt of this same run that died between the two creates.
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(err) => {
+            return Err(RunError::api(
+                ErrorCode::K8sJobCreateFailed,
+                &format!("create Secret {namespace}/{name}"),
+                &err,
+            ));
+        }
+    }
+    let job = match retry("create the Job", || jobs.create(&params, &rendered.job)).await {
+        Ok(job) => job,
+        // A retried create whose first try went through: the Job is this run's.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = retry("get the Job", || jobs.get(&name))
+                .await
+                .map_err(|err| {
+                    RunError::api(
+                        ErrorCode::K8sJobCreateFailed,
+                        &format!("get Job {namespace}/{name}"),
+                        &err,
+                    )
+                })?;
+            if existing.metadata.labels != rendered.job.metadata.labels {
+                return Err(RunError::new(
+                    ErrorCode::K8sJobCreateFailed,
+                    format!(
+                        "failed to create Job {namespace}/{name}: a Job of that name that this run did not create already exists; delete it"
+                    ),
+                ));
+            }
+            existing
+        }
+        Err(err) => {
+            let params = DeleteParams::default();
+            if let Err(cleanup) =
+                retry("delete the Secret", || secrets.delete(&name, &params)).await
+            {
+                tracing::warn!(secret = %name, error = %cleanup, "failed to remove the Secret of a Job that was not created");
+            }
+            return Err(RunError::api(
+                ErrorCode::K8sJobCreateFailed,
+                &format!("create Job {namespace}/{name}"),
+                &err,
+            ));
+        }
+    };
+    let owner = json!({
+        "metadata": {"ownerReferences": [{
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": name,
+            "uid": job.metadata.uid,
+        }]}
+    });
+    let (patch, params) = (Patch::Merge(&owner), PatchParams::default());
+    retry("set the Secret's owner", || {
+        secrets.patch(&name, &params, &patch)
+    })
+    .await
+    .map_err(|err| {
+        RunError::api(
+            ErrorCode::K8sJobCreateFailed,
+            &format!("set the owner of Secret {namespace}/{name}"),
+            &err,
+        )
+    })?;
+    Ok(job)
+}
+
+/// Delete a Job and (through the owner reference) its Secret. `Foreground` waits for the pod
+/// in Kubernetes' own bookkeeping; a Job already gone is fine.
+pub(crate) async fn delete_job(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    foreground: bool,
+) -> Result<(), RunError> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let params = if foreground {
+        DeleteParams::foreground()
+    } else {
+        DeleteParams::background()
+    };
+    match retry("delete the Job", || jobs.delete(name, &params)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(RunError::api(
+            ErrorCode::AdapterInternal,
+            &format!("delete Job {namespace}/{name}"),
+            &err,
+        )),
+    }
+}
+
+/// Delete a Secret; one already gone is fine.
+pub(crate) async fn delete_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), RunError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let params = DeleteParams::default();
+    match retry("delete the Secret", || secrets.delete(name, &params)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(RunError::api(
+            ErrorCode::AdapterInternal,
+            &format!("delete Secret {namespace}/{name}"),
+            &err,
+        )),
+    }
+}

@@ -1,0 +1,739 @@
+//! One run, phase by phase: prepare, guard and create (or adopt), follow, harvest, clean up.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::Api;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::informer::{NamespaceWatch, Subscription, Update};
+use super::introspect::{self, Found};
+use super::logs::{self, Chunk, ContainerState, FollowStats, LogCursor, LogError};
+use super::result::{Harvest, RunError, RunResult};
+use super::status::{self, Blocker, Exit, JobEnd};
+use super::{ClusterSource, Engine, guard, lock, objects};
+use crate::config::AgentConfig;
+use crate::error_code::ErrorCode;
+use crate::event::{RunEvent, RunSink};
+use crate::manifest::{self, CONTAINER_NAME, InheritedPod, Rendered, ResumeDecision, RunRequest};
+use crate::parse::{OutputParser, RunOutput};
+
+/// After the Job or the container ended, how long to wait for the other (and the last log
+/// bytes) before harvesting with what is known.
+const SETTLE: Duration = Duration::from_secs(30);
+
+pub(super) struct Run<'a> {
+    engine: &'a Engine,
+    request: RunRequest,
+    config: &'a AgentConfig,
+    sink: &'a dyn RunSink,
+    cancel: CancellationToken,
+    /// Output already delivered by an earlier process (reattach).
+    checkpoint: Option<LogCursor>,
+}
+
+/// The cluster side of a run, resolved once.
+struct Target {
+    client: kube::Client,
+    namespace: String,
+    inherited: Option<Arc<InheritedPod>>,
+    watch: Arc<NamespaceWatch>,
+}
+
+/// Removes a Job from the engine's followed set when the run stops following it.
+struct Followed<'a>(&'a Engine, String);
+
+impl Drop for Followed<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.active).remove(&self.1);
+    }
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        mut request: RunRequest,
+        config: &'a AgentConfig,
+        sink: &'a dyn RunSink,
+        cancel: CancellationToken,
+        checkpoint: Option<LogCursor>,
+    ) -> Self {
+        request.attempt = 1;
+        Self {
+            engine,
+            request,
+            config,
+            sink,
+            cancel,
+            checkpoint,
+        }
+    }
+
+    async fn notice(&self, message: impl Into<String>) {
+        self.sink.emit(RunEvent::notice(message)).await;
+    }
+
+    pub(super) async fn execute(mut self) -> Result<RunResult, RunError> {
+        let target = self.prepare().await?;
+        let mut rendered = self.render(&target).await?;
+        let mut total: Option<Harvest> = None;
+        loop {
+            let (job_name, mut sub, _followed) = self.start(&target, &rendered).await?;
+            let harvest = self.follow(&target, &mut sub, &rendered).await;
+            let retry = self.retry_reason(&harvest, &rendered);
+            self.finish_attempt(&target, &job_name, &mut sub, &harvest)
+                .await;
+            let harvest = match total.take() {
+                Some(previous) => previous.then(harvest),
+                None => harvest,
+            };
+            match retry {
+                Some(reason) if self.request.attempt == 1 => {
+                    self.notice(reason).await;
+                    self.request.attempt = 2;
+                    self.request.resume = None;
+                    rendered = self.render(&target).await?;
+                    total = Some(harvest);
+                }
+                _ => {
+                    return Ok(harvest.into_result(
+                        self.config,
+                        &self.request,
+                        &target.namespace,
+                        &job_name,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Cluster client, namespace, the inherited pod and the namespace's shared watches.
+    async fn prepare(&self) -> Result<Target, RunError> {
+        let source = ClusterSource::from_fields(
+            self.config.kubeconfig.as_deref(),
+            self.config.kubeconfig_content.as_ref().map(|c| c.expose()),
+        );
+        let client = self
+            .engine
+            .clients
+            .client(&source)
+            .await
+            .map_err(|err| RunError::new(ErrorCode::K8sApiUnreachable, err.to_string()))?;
+        let inherited = self.inherited(&source, &client).await?;
+        let namespace = self
+            .config
+            .namespace
+            .clone()
+            .or_else(|| inherited.as_ref().and_then(|pod| pod.namespace.clone()))
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let watch = self.engine.namespace_watch(&source, &client, &namespace);
+        Ok(Target {
+            client,
+            namespace,
+            inherited,
+            watch,
+        })
+    }
+
+    async fn inherited(
+        &self,
+        source: &ClusterSource,
+        client: &kube::Client,
+    ) -> Result<Option<Arc<InheritedPod>>, RunError> {
+        if let Some(cached) = lock(&self.engine.inherited).get(source) {
+            return Ok(cached.clone());
+        }
+        let found = match introspect::discover(client, &self.engine.options.self_pod).await? {
+            Found::Pod(pod) => Some(Arc::new(*pod)),
+            Found::NotFound(why) => {
+                self.notice(format!("no Paperclip pod to inherit from: {why}"))
+                    .await;
+                None
+            }
+        };
+        lock(&self.engine.inherited).insert(source.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Render this attempt's objects (pure: a bad config fails here, before anything exists).
+    async fn render(&self, target: &Target) -> Result<Rendered, RunError> {
+        let rendered = manifest::render(&self.request, target.inherited.as_deref(), self.config)
+            .map_err(|err| RunError::new(err.code(), err.to_string()))?;
+        if !rendered.not_inherited.is_empty() {
+            self.notice(format!(
+                "not inherited from a Paperclip pod: {}",
+                rendered.not_inherited.join(", ")
+            ))
+            .await;
+        }
+        for warning in &rendered.warnings {
+            self.notice(warning.clone()).await;
+        }
+        match &rendered.resume {
+            ResumeDecision::Resumed { session_id } => {
+                self.notice(format!("resuming session {session_id}")).await
+            }
+            ResumeDecision::Fresh { reason } => self.notice(reason.clone()).await,
+            ResumeDecision::New => {}
+        }
+        Ok(rendered)
+    }
+
+    /// Guard, then create the attempt's objects or adopt a Job already running this work.
+    async fn start(
+        &self,
+        target: &Target,
+        rendered: &Rendered,
+    ) -> Result<(String, Subscription, Followed<'a>), RunError> {
+        let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
+        let selector = manifest::agent_selector(&self.request.agent_id);
+        let waited_since = Instant::now();
+        let agent_lock = self.engine.agent_locks.for_agent(&self.request.agent_id);
+        loop {
+            let held = agent_lock.lock().await;
+            let params = kube::api::ListParams::default().labels(&selector);
+            let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
+                .await
+                .map_err(|err| {
+                    RunError::api(
+                        ErrorCode::K8sConcurrencyGuardUnreachable,
+                        &format!(
+                            "list the Jobs of agent {} in namespace {}",
+                            self.request.agent_id, target.namespace
+                        ),
+                        &err,
+                    )
+                })?;
+            let followed = lock(&self.engine.active).clone();
+            let verdict = guard::judge(
+                &listed.items,
+                &self.request.run_id,
+                self.request.task_key.as_deref(),
+                &followed,
+            );
+            let blocking = match verdict {
+                guard::Verdict::Clear => {
+                    let name = rendered.job.metadata.name.clone().unwrap_or_default();
+                    let sub = target.watch.subscribe(&name);
+                    let followed = self.follow_job(&name);
+                    objects::create(&target.client, &target.namespace, rendered).await?;
+                    drop(held);
+                    self.notice(format!("created Job {}/{name}", target.namespace))
+                        .await;
+                    return Ok((name, sub, followed));
+                }
+                guard::Verdict::Adopt(job) => {
+                    let name = job.metadata.name.clone().unwrap_or_default();
+                    let followed = self.follow_job(&name);
+                    drop(held);
+                    self.notice(format!(
+                        "reattaching to Job {}/{name}, already running this work",
+                        target.namespace
+                    ))
+                    .await;
+                    return Ok((name.clone(), target.watch.subscribe(&name), followed));
+                }
+                guard::Verdict::Wait(job) => job,
+            };
+            drop(held);
+            let name = blocking.metadata.name.clone().unwrap_or_default();
+            let left = self
+                .engine
+                .options
+                .bounds
+                .concurrency_wait
+                .saturating_sub(waited_since.elapsed());
+            if left.is_zero() {
+                return Err(RunError::new(
+                    ErrorCode::K8sConcurrentRunBlocked,
+                    format!(
+                        "another run of this agent (Job {}/{name}) did not finish within {} s; let it finish or delete it, then retry",
+                        target.namespace,
+                        self.engine.options.bounds.concurrency_wait.as_secs()
+                    ),
+                ));
+            }
+            self.notice(format!(
+                "waiting for Job {}/{name}, another run of this agent, to finish",
+                target.namespace
+            ))
+            .await;
+            let mut sub = target.watch.subscribe(&name);
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
+                () = tokio::time::sleep(left) => {}
+                () = wait_until_free(&mut sub) => {}
+            }
+        }
+    }
+
+    fn follow_job(&self, name: &str) -> Followed<'a> {
+        lock(&self.engine.active).insert(name.to_owned());
+        Followed(self.engine, name.to_owned())
+    }
+
+    /// Follow the attempt's Job until it is over and its output fully delivered.
+    async fn follow(
+        &mut self,
+        target: &Target,
+        sub: &mut Subscription,
+        rendered: &Rendered,
+    ) -> Harvest {
+        let resumed = matches!(rendered.resume, ResumeDecision::Resumed { .. });
+        let cursor = self.checkpoint.take().unwrap_or_default();
+        let mut follow = Follow::new(self.engine.options.bounds, resumed, cursor);
+        loop {
+            if let Some(done) = follow.done() {
+                return follow.harvest(done);
+            }
+            let deadline = follow.next_deadline();
+            tokio::select! {
+                () = self.cancel.cancelled() => follow.cancelled = true,
+                chunk = follow.next_chunk() => match chunk {
+                    Some(Chunk { bytes, checkpoint }) => {
+                        follow.parser.feed(&bytes);
+                        let text = String::from_utf8_lossy(&bytes).into_owned();
+                        self.sink.emit(RunEvent::Output { text, checkpoint }).await;
+                    }
+                    None => follow.logs_ended().await,
+                },
+                update = sub.recv() => match update {
+                    Some(update) => self.apply(target, &mut follow, update).await,
+                    None => follow.vanished = true,
+                },
+                () = tokio::time::sleep_until(deadline) => follow.deadline_passed(),
+            }
+        }
+    }
+
+    async fn apply(&self, target: &Target, follow: &mut Follow, update: Update) {
+        match update {
+            Update::Job(job) => {
+                if follow.job_end.is_none()
+                    && let Some(end) = status::job_end(&job)
+                {
+                    follow.job_end = Some(end);
+                    follow.settle_from.get_or_insert_with(Instant::now);
+                }
+            }
+            Update::JobGone => follow.vanished = true,
+            Update::Pod(pod) => {
+                follow.observe_pod(&pod);
+                if follow.log_task.is_none()
+                    && !follow.logs_done
+                    && *follow.state_tx.borrow() != ContainerState::Waiting
+                {
+                    let pods: Api<Pod> = Api::namespaced(target.client.clone(), &target.namespace);
+                    follow.start_logs(pods, pod.metadata.name.clone().unwrap_or_default());
+                }
+            }
+            Update::PodGone(name) => {
+                if follow.pod_name.as_deref() == Some(name.as_str()) {
+                    let _ = follow.state_tx.send(ContainerState::Gone);
+                }
+            }
+            Update::Event(event) => {
+                if let Some(line) = follow.observe_event(&event) {
+                    self.sink.emit(line).await;
+                }
+            }
+        }
+    }
+
+    /// Why this attempt should be retried fresh, if it should.
+    fn retry_reason(&self, harvest: &Harvest, rendered: &Rendered) -> Option<String> {
+        let ResumeDecision::Resumed { session_id } = &rendered.resume else {
+            return None;
+        };
+        if harvest.cancelled {
+            return None;
+        }
+        if harvest.hung_resume {
+            return Some(format!(
+                "resuming session {session_id} printed nothing for {} s after the container started (OpenCode hangs when a session cannot be resumed here); retrying once with a fresh session",
+                self.engine.options.bounds.resume_first_event.as_secs()
+            ));
+        }
+        harvest.output.stale_session.then(|| {
+            format!("session {session_id} no longer exists; retrying once with a fresh session")
+        })
+    }
+
+    /// Cancel or clean up the attempt's Job.
+    async fn finish_attempt(
+        &self,
+        target: &Target,
+        job_name: &str,
+        sub: &mut Subscription,
+        harvest: &Harvest,
+    ) {
+        let ns = &target.namespace;
+        let stop = harvest.cancelled || harvest.hung_resume || harvest.blocker.is_some();
+        if stop {
+            if let Err(err) = objects::delete_job(&target.client, ns, job_name, true).await {
+                self.notice(format!("could not delete Job {ns}/{job_name}: {err}"))
+                    .await;
+                return;
+            }
+            let bound = self.engine.options.bounds.cancel;
+            if tokio::time::timeout(bound, wait_until_gone(sub))
+                .await
+                .is_err()
+            {
+                self.notice(format!(
+                    "Job {ns}/{job_name} was deleted but its pod was still terminating after {} s",
+                    bound.as_secs()
+                ))
+                .await;
+            }
+        } else if self.config.retain_jobs {
+            if let Err(err) = objects::delete_secret(&target.client, ns, job_name).await {
+                self.notice(format!("could not delete Secret {ns}/{job_name}: {err}"))
+                    .await;
+            }
+        } else if let Err(err) = objects::delete_job(&target.client, ns, job_name, false).await {
+            self.notice(format!(
+                "could not delete Job {ns}/{job_name}; its TTL removes it later: {err}"
+            ))
+            .await;
+        }
+    }
+}
+
+/// Until the Job is finished or gone.
+async fn wait_until_free(sub: &mut Subscription) {
+    while let Some(update) = sub.recv().await {
+        match update {
+            Update::Job(job) if !status::job_occupies_agent(&job) => return,
+            Update::JobGone => return,
+            _ => {}
+        }
+    }
+}
+
+/// Until the Job and its pod are gone.
+async fn wait_until_gone(sub: &mut Subscription) {
+    let (mut job_gone, mut pod_gone) = (false, false);
+    while let Some(update) = sub.recv().await {
+        match update {
+            Update::JobGone => job_gone = true,
+            Update::PodGone(_) => pod_gone = true,
+            Update::Pod(_) => pod_gone = false,
+            _ => {}
+        }
+        if job_gone && pod_gone {
+            return;
+        }
+    }
+}
+
+/// Why following stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Finished,
+    Cancelled,
+    Blocked,
+    HungResume,
+    Vanished,
+}
+
+/// The state of following one attempt.
+struct Follow {
+    bounds: super::Bounds,
+    resumed: bool,
+    created_at: Instant,
+    scheduled_at: Option<Instant>,
+    started_at: Option<Instant>,
+    settle_from: Option<Instant>,
+    pod_name: Option<String>,
+    state_tx: watch::Sender<ContainerState>,
+    log_task: Option<JoinHandle<Result<FollowStats, LogError>>>,
+    log_rx: Option<mpsc::Receiver<Chunk>>,
+    /// Where output delivery starts (a reattach after a restart), else from the beginning.
+    cursor: LogCursor,
+    log_cancel: CancellationToken,
+    logs_done: bool,
+    parser: OutputParser,
+    exit: Option<Exit>,
+    job_end: Option<JobEnd>,
+    blocker: Option<Blocker>,
+    scale_up: bool,
+    last_warning: Option<String>,
+    seen_events: HashSet<(String, i32)>,
+    cancelled: bool,
+    vanished: bool,
+    hung_resume: bool,
+}
+
+impl Follow {
+    fn new(bounds: super::Bounds, resumed: bool, cursor: LogCursor) -> Self {
+        Self {
+            cursor,
+            bounds,
+            resumed,
+            created_at: Instant::now(),
+            scheduled_at: None,
+            started_at: None,
+            settle_from: None,
+            pod_name: None,
+            state_tx: watch::channel(ContainerState::Waiting).0,
+            log_task: None,
+            log_rx: None,
+            log_cancel: CancellationToken::new(),
+            logs_done: false,
+            parser: OutputParser::new(),
+            exit: None,
+            job_end: None,
+            blocker: None,
+            scale_up: false,
+            last_warning: None,
+            seen_events: HashSet::new(),
+            cancelled: false,
+            vanished: false,
+            hung_resume: false,
+        }
+    }
+
+    /// The next chunk of output, or `None` once the log follower finished; pending forever while
+    /// no follower runs.
+    async fn next_chunk(&mut self) -> Option<Chunk> {
+        match &mut self.log_rx {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn logs_ended(&mut self) {
+        self.log_rx = None;
+        self.logs_done = true;
+        if let Some(task) = self.log_task.take() {
+            match task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => self
+                    .parser
+                    .feed(format!("\n[opencode-k8s] {err}\n").as_bytes()),
+                Err(err) => tracing::error!(error = %err, "log follower panicked"),
+            }
+        }
+    }
+
+    fn start_logs(&mut self, pods: Api<Pod>, pod: String) {
+        let (tx, rx) = mpsc::channel::<Chunk>(8);
+        let state = self.state_tx.subscribe();
+        let cancel = self.log_cancel.clone();
+        let mut cursor = std::mem::take(&mut self.cursor);
+        self.log_rx = Some(rx);
+        self.log_task = Some(tokio::spawn(async move {
+            logs::follow(
+                &pods,
+                &pod,
+                CONTAINER_NAME,
+                &mut cursor,
+                state,
+                &cancel,
+                &tx,
+            )
+            .await
+        }));
+    }
+
+    /// Take in a pod update.
+    fn observe_pod(&mut self, pod: &Pod) {
+        self.pod_name = pod.metadata.name.clone();
+        if self.scheduled_at.is_none() && status::pod_scheduled(pod) {
+            self.scheduled_at = Some(Instant::now());
+        }
+        let state = status::container_state(pod, CONTAINER_NAME);
+        if state != ContainerState::Waiting {
+            self.started_at.get_or_insert_with(Instant::now);
+        }
+        if self.exit.is_none()
+            && let Some(exit) = status::container_exit(pod, CONTAINER_NAME)
+        {
+            self.exit = Some(exit);
+            self.settle_from.get_or_insert_with(Instant::now);
+        }
+        self.state_tx.send_if_modified(|current| {
+            let changed = *current != state && *current != ContainerState::Gone;
+            if changed {
+                *current = state;
+            }
+            changed
+        });
+        if self.blocker.is_none() {
+            self.blocker = status::pod_blocker(pod, CONTAINER_NAME);
+        }
+        if self.blocker.is_none()
+            && !self.scale_up
+            && let Some(message) = status::unschedulable(pod)
+        {
+            self.blocker = Some(Blocker {
+                code: ErrorCode::K8sPodUnschedulable,
+                message: format!("pod cannot be scheduled: {message}"),
+            });
+        }
+    }
+
+    /// Take in a Kubernetes Event; returns the run-log line for it when it is new.
+    fn observe_event(&mut self, event: &Event) -> Option<RunEvent> {
+        let uid = event.metadata.uid.clone().unwrap_or_default();
+        let count = event.count.unwrap_or(1);
+        if !self.seen_events.insert((uid, count)) {
+            return None;
+        }
+        let reason = event.reason.clone().unwrap_or_default();
+        let message = event.message.clone().unwrap_or_default();
+        let warning = event.type_.as_deref() == Some("Warning");
+        if reason == "TriggeredScaleUp" {
+            self.scale_up = true;
+        }
+        if warning {
+            self.last_warning = Some(format!("{reason}: {message}"));
+        }
+        if self.blocker.is_none() {
+            self.blocker = status::event_blocker(event).or_else(|| {
+                (reason == "FailedCreate" && message.contains("violates PodSecurity")).then(|| {
+                    Blocker {
+                        code: ErrorCode::K8sJobCreateFailed,
+                        message: format!("the Job controller cannot create the pod: {message}"),
+                    }
+                })
+            });
+        }
+        let object = format!(
+            "{}/{}",
+            event
+                .involved_object
+                .kind
+                .as_deref()
+                .unwrap_or_default()
+                .to_lowercase(),
+            event.involved_object.name.as_deref().unwrap_or_default()
+        );
+        Some(RunEvent::Kube {
+            object,
+            warning,
+            reason,
+            message,
+            count: u32::try_from(count).unwrap_or(1),
+        })
+    }
+
+    fn done(&self) -> Option<Done> {
+        if self.cancelled {
+            return Some(Done::Cancelled);
+        }
+        if self.blocker.is_some() {
+            return Some(Done::Blocked);
+        }
+        if self.hung_resume {
+            return Some(Done::HungResume);
+        }
+        let logs_complete = self.log_task.is_none() && self.log_rx.is_none() || self.logs_done;
+        let pod_over = *self.state_tx.borrow() == ContainerState::Gone || self.exit.is_some();
+        if self.vanished && (logs_complete || !pod_over) {
+            return Some(if self.exit.is_some() {
+                Done::Finished
+            } else {
+                Done::Vanished
+            });
+        }
+        let settled = self
+            .settle_from
+            .is_some_and(|from| from.elapsed() >= SETTLE);
+        match (&self.job_end, &self.exit) {
+            (Some(_), Some(_)) if logs_complete => Some(Done::Finished),
+            // A Job that ended without its container ever running (deadline while pending).
+            (Some(_), None)
+                if self.started_at.is_none()
+                    && (pod_over || self.pod_name.is_none() || settled) =>
+            {
+                Some(Done::Finished)
+            }
+            _ if settled => Some(Done::Finished),
+            _ => None,
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut deadlines = vec![far];
+        if let Some(from) = self.settle_from {
+            deadlines.push(from + SETTLE);
+        }
+        if self.job_end.is_none() && self.exit.is_none() {
+            match (self.scheduled_at, self.started_at) {
+                (None, _) => deadlines.push(self.created_at + self.bounds.schedule),
+                (Some(at), None) => deadlines.push(at + self.bounds.start),
+                (Some(_), Some(started)) if self.resumed && !self.parser.saw_event() => {
+                    deadlines.push(started + self.bounds.resume_first_event);
+                }
+                _ => {}
+            }
+        }
+        deadlines.into_iter().min().unwrap_or(far)
+    }
+
+    fn deadline_passed(&mut self) {
+        if self.job_end.is_some() || self.exit.is_some() {
+            return;
+        }
+        let warning = self
+            .last_warning
+            .as_deref()
+            .map(|w| format!("; last warning: {w}"))
+            .unwrap_or_default();
+        match (self.scheduled_at, self.started_at) {
+            (None, _) if self.created_at.elapsed() >= self.bounds.schedule => {
+                self.blocker = Some(Blocker {
+                    code: ErrorCode::K8sPodUnschedulable,
+                    message: format!(
+                        "the pod was not scheduled within {} s{warning}",
+                        self.bounds.schedule.as_secs()
+                    ),
+                });
+            }
+            (Some(at), None) if at.elapsed() >= self.bounds.start => {
+                self.blocker = Some(Blocker {
+                    code: ErrorCode::K8sPodStartTimeout,
+                    message: format!(
+                        "the container did not start within {} s of scheduling{warning}",
+                        self.bounds.start.as_secs()
+                    ),
+                });
+            }
+            (Some(_), Some(started))
+                if self.resumed
+                    && !self.parser.saw_event()
+                    && started.elapsed() >= self.bounds.resume_first_event =>
+            {
+                self.hung_resume = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn harvest(mut self, done: Done) -> Harvest {
+        self.log_cancel.cancel();
+        if let Some(task) = self.log_task.take() {
+            task.abort();
+        }
+        let output: RunOutput = self.parser.finish(self.exit.as_ref().map(|e| e.code));
+        Harvest {
+            output,
+            exit: self.exit,
+            job_end: self.job_end,
+            blocker: self.blocker,
+            cancelled: done == Done::Cancelled,
+            vanished: done == Done::Vanished,
+            hung_resume: done == Done::HungResume,
+            attempts: 1,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Faults: cut log streams, API errors, dropped watches, an engine that goes away mid-run. No
+//! output lost, none repeated, no false result.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opencode_k8s_core::event::RunEvent;
+use opencode_k8s_core::lifecycle::{Bounds, RunStatus};
+use opencode_k8s_testkit::{LogCut, Verb};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Collect, Harness, request};
+
+/// A fake that writes `lines` numbered lines, pausing briefly every 20, and the text the process
+/// wrote, for comparison. (One stream only: across stdout and stderr, Kubernetes — and testkit —
+/// order lines by when they were read, not written.)
+fn numbered(h: &Harness, lines: u32) -> String {
+    h.opencode(&format!(
+        "cat > /dev/null\ni=0\nwhile [ $i -lt {lines} ]; do\n  echo \"line $i padding-padding-padding\"\n  i=$((i + 1))\n  if [ $((i % 20)) -eq 0 ]; then sleep 0.1; fi\ndone\nprintf 'last line without newline'"
+    ));
+    let mut expected: String = (0..lines)
+        .map(|i| format!("line {i} padding-padding-padding\n"))
+        .collect();
+    expected.push_str("last line without newline");
+    expected
+}
+
+fn assert_no_line_twice(output: &str) {
+    let mut seen = HashSet::new();
+    for line in output.lines() {
+        assert!(seen.insert(line), "line delivered twice: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_log_stream_cut_twenty_times_loses_and_repeats_nothing() {
+    let h = Harness::start().await;
+    let expected = numbered(&h, 800);
+    h.cluster
+        .faults()
+        .cut_logs(LogCut::Every(Duration::from_millis(100)));
+    let sink = Collect::default();
+    let result = h
+        .engine(Bounds::default())
+        .run(
+            request("run-cut", "agent-1"),
+            &h.config(json!({})),
+            &sink,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    let opens = h.cluster.requests().get(Verb::Follow, "pods/log");
+    assert!(
+        opens > 20,
+        "the stream was cut at least 20 times ({opens} follow opens)"
+    );
+    assert_eq!(
+        sink.output(),
+        expected,
+        "byte-identical to what the process wrote"
+    );
+    assert_no_line_twice(&sink.output());
+}
+
+#[tokio::test]
+async fn api_errors_and_dropped_watches_give_the_right_result_not_a_timeout() {
+    let h = Harness::start().await;
+    let expected = numbered(&h, 400);
+    let faults = h.cluster.faults().clone();
+    for verb in [Verb::List, Verb::Watch, Verb::Get] {
+        faults.fail_next(verb, "jobs", 3, 503);
+        faults.fail_next(verb, "pods", 2, 500);
+    }
+    faults.fail_next(Verb::Watch, "events", 2, 429);
+    let sink = Collect::default();
+    let engine = h.engine(Bounds::default());
+    let config = h.config(json!({}));
+    let run = engine.run(
+        request("run-flaky", "agent-1"),
+        &config,
+        &sink,
+        CancellationToken::new(),
+    );
+    let chaos = async {
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            faults.close_watches();
+            faults.fail_next(Verb::Watch, "jobs", 2, 503);
+        }
+    };
+    let (result, ()) = tokio::join!(run, chaos);
+    let result = result.unwrap();
+    assert_eq!(
+        result.status,
+        RunStatus::Succeeded,
+        "{result:?}\n{:?}",
+        sink.lines()
+    );
+    assert!(!result.timed_out);
+    assert_eq!(sink.output(), expected);
+}
+
+#[tokio::test]
+async fn a_new_engine_continues_a_run_from_the_hosts_checkpoint_without_repeating_a_line() {
+    let h = Harness::start().await;
+    let expected = numbered(&h, 400);
+    let config = h.config(json!({}));
+    let first = Collect::default();
+    {
+        let engine = h.engine(Bounds::default());
+        let run = engine.run(
+            request("run-restart", "agent-1"),
+            &config,
+            &first,
+            CancellationToken::new(),
+        );
+        let halfway = async {
+            while first.output().lines().count() < 100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        // The host process goes away mid-run: the run future is dropped, the Job keeps going.
+        tokio::select! {
+            _ = run => panic!("the run must still be going"),
+            () = halfway => {}
+        }
+    }
+    let checkpoint = first
+        .events()
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            RunEvent::Output { checkpoint, .. } => checkpoint.clone(),
+            _ => None,
+        })
+        .expect("output carries checkpoints");
+    assert_eq!(h.jobs().len(), 1, "the Job survives its host");
+    let second = Collect::default();
+    let result = h
+        .engine(Bounds::default())
+        .reattach(
+            request("run-restart", "agent-1"),
+            &config,
+            &checkpoint,
+            &second,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    let combined = first.output() + &second.output();
+    assert_eq!(
+        combined, expected,
+        "together, the two hosts delivered everything once"
+    );
+    assert!(
+        second.lines().iter().any(|l| l.contains("reattaching")),
+        "{:?}",
+        second.lines()
+    );
+}
+
+#[tokio::test]
+async fn a_run_of_the_same_task_adopts_the_job_an_earlier_process_left_running() {
+    let h = Harness::start().await;
+    let expected = numbered(&h, 200);
+    let config = h.config(json!({}));
+    let mut orphaned = request("run-before-restart", "agent-1");
+    orphaned.task_key = Some("task-7".into());
+    {
+        let engine = h.engine(Bounds::default());
+        let sink = Collect::default();
+        let run = engine.run(orphaned, &config, &sink, CancellationToken::new());
+        let started = async {
+            while sink.output().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::select! {
+            _ = run => panic!("the run must still be going"),
+            () = started => {}
+        }
+    }
+    let mut next = request("run-after-restart", "agent-1");
+    next.task_key = Some("task-7".into());
+    let sink = Collect::default();
+    let result = h
+        .engine(Bounds::default())
+        .run(next, &config, &sink, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(result.status, RunStatus::Succeeded);
+    assert_eq!(
+        sink.output(),
+        expected,
+        "the adopted run's whole output, once"
+    );
+    assert!(result.job_name.ends_with(&h_job_suffix(&result.job_name)));
+    assert!(
+        h.jobs().is_empty(),
+        "no second Job was created, and the adopted one is cleaned up"
+    );
+    assert_eq!(
+        h.cluster.requests().get(Verb::Create, "jobs"),
+        1,
+        "the work was started once"
+    );
+}
+
+fn h_job_suffix(name: &str) -> String {
+    name.rsplit('-').next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn refused_connections_mid_run_are_ridden_out() {
+    let h = Harness::start().await;
+    let expected = numbered(&h, 300);
+    let faults = Arc::new(h.cluster.faults().clone());
+    let sink = Collect::default();
+    let engine = h.engine(Bounds::default());
+    let config = h.config(json!({}));
+    let run = engine.run(
+        request("run-refused", "agent-1"),
+        &config,
+        &sink,
+        CancellationToken::new(),
+    );
+    let outage = async {
+        while sink.output().lines().count() < 50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        faults.refuse_connections(Duration::from_millis(500));
+    };
+    let (result, ()) = tokio::join!(run, outage);
+    let result = result.unwrap();
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    assert_eq!(sink.output(), expected);
+}

@@ -1,0 +1,169 @@
+//! The run lifecycle against the simulated cluster (testkit): a fake `opencode` script plays
+//! the agent inside the pod, the engine drives everything else for real.
+
+mod faults;
+mod guard;
+mod requests;
+mod runs;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use opencode_k8s_core::config::AgentConfig;
+use opencode_k8s_core::event::{RunEvent, RunSink};
+use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, SelfPod};
+use opencode_k8s_core::manifest::{RunRequest, SessionResume};
+use opencode_k8s_testkit::{Cluster, ClusterOptions};
+use serde_json::{Value, json};
+
+pub(crate) const NS: &str = "paperclip";
+
+/// A simulated cluster with a Paperclip pod, a directory for the fake `opencode`, and an engine
+/// that inherits from that pod.
+pub(crate) struct Harness {
+    pub(crate) cluster: Cluster,
+    bin: tempfile::TempDir,
+}
+
+impl Harness {
+    pub(crate) async fn start() -> Harness {
+        let cluster = Cluster::start(ClusterOptions::default())
+            .await
+            .expect("cluster starts");
+        cluster.seed_paperclip_pod(NS).expect("seed");
+        let bin = tempfile::Builder::new()
+            .prefix("fake-opencode-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Harness { cluster, bin }
+    }
+
+    pub(crate) fn engine(&self, bounds: Bounds) -> Engine {
+        Engine::new(EngineOptions {
+            self_pod: SelfPod::Named {
+                namespace: NS.into(),
+                name: "paperclip".into(),
+            },
+            bounds,
+        })
+    }
+
+    /// Install the fake `opencode`: a POSIX shell script body; `$@` holds OpenCode's arguments
+    /// after `opencode`, the prompt is on stdin.
+    pub(crate) fn opencode(&self, body: &str) {
+        let path = self.bin.path().join("opencode");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Write a data file next to the fake, readable by the pod's user; returns its path.
+    pub(crate) fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.bin.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    }
+
+    pub(crate) fn config(&self, extra: Value) -> AgentConfig {
+        let mut config = json!({
+            "model": "fake/fake-model",
+            "kubeconfig": self.cluster.kubeconfig_path(),
+            "namespace": NS,
+            "env": {"PATH": format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.path().display())},
+            "ttlSecondsAfterFinished": "300",
+        });
+        merge(&mut config, extra);
+        AgentConfig::from_json(&config).expect("valid config")
+    }
+
+    pub(crate) fn jobs(&self) -> Vec<Value> {
+        self.cluster
+            .list_json(opencode_k8s_testkit::Resource::Jobs, Some(NS))
+    }
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        for (key, value) in from {
+            into.insert(key, value);
+        }
+    }
+}
+
+pub(crate) fn request(run_id: &str, agent_id: &str) -> RunRequest {
+    RunRequest {
+        run_id: run_id.into(),
+        agent_id: agent_id.into(),
+        company_id: "company-1".into(),
+        agent_name: Some("Fake Agent".into()),
+        task_key: Some(format!("task-of-{run_id}")),
+        prompt: "Say hi.".into(),
+        cwd: Some("/paperclip/workspaces/project".into()),
+        paperclip_env: BTreeMap::from([("PAPERCLIP_RUN_ID".to_owned(), run_id.to_owned())]),
+        api_key: Some("agent-jwt-secret".into()),
+        resume: None,
+        attempt: 1,
+    }
+}
+
+pub(crate) fn resume(session_id: &str, cwd: &str) -> Option<SessionResume> {
+    Some(SessionResume {
+        session_id: session_id.into(),
+        cwd: Some(cwd.into()),
+    })
+}
+
+/// Records every event of a run.
+#[derive(Default, Clone)]
+pub(crate) struct Collect(Arc<Mutex<Vec<RunEvent>>>);
+
+impl RunSink for Collect {
+    fn emit(&self, event: RunEvent) -> BoxFuture<'_, ()> {
+        self.0.lock().unwrap().push(event);
+        Box::pin(async {})
+    }
+}
+
+impl Collect {
+    /// All output, concatenated as delivered.
+    pub(crate) fn output(&self) -> String {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::Output { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every event so far.
+    pub(crate) fn events(&self) -> Vec<RunEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The run-log lines that are not output.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| !matches!(e, RunEvent::Output { .. }))
+            .map(ToString::to_string)
+            .collect()
+    }
+}
+
+pub(crate) fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures")
+            .join(path),
+    )
+    .unwrap()
+}

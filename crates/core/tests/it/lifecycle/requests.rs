@@ -1,0 +1,56 @@
+//! API load: a run's requests do not grow with its length.
+
+use std::time::Duration;
+
+use opencode_k8s_core::lifecycle::{Bounds, Engine, RunStatus};
+use opencode_k8s_testkit::{RequestCounts, Verb};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Collect, Harness, request};
+
+async fn counted_run(h: &Harness, engine: &Engine, run_id: &str, seconds: u32) -> RequestCounts {
+    h.opencode(&format!(
+        "cat > /dev/null\ni=0\nwhile [ $i -lt {seconds} ]; do echo tick $i; sleep 1; i=$((i + 1)); done"
+    ));
+    h.cluster.reset_requests();
+    let result = engine
+        .run(
+            request(run_id, "agent-1"),
+            &h.config(json!({})),
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.status, RunStatus::Succeeded);
+    // The Job is deleted in the background; let the request counts settle on the run's own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.cluster.requests()
+}
+
+fn without_logs(counts: &RequestCounts) -> u64 {
+    counts.total() - counts.get(Verb::Follow, "pods/log") - counts.get(Verb::Get, "pods/log")
+}
+
+#[tokio::test]
+async fn requests_per_run_do_not_grow_with_its_duration() {
+    let h = Harness::start().await;
+    let engine = h.engine(Bounds::default());
+    counted_run(&h, &engine, "warm-up", 0).await;
+    let short = counted_run(&h, &engine, "run-2s", 2).await;
+    let long = counted_run(&h, &engine, "run-60s", 60).await;
+    let (short_total, long_total) = (without_logs(&short), without_logs(&long));
+    assert!(
+        short_total <= 12,
+        "a run makes at most 12 requests besides logs: {short:?}"
+    );
+    assert!(
+        long_total.abs_diff(short_total) <= 2,
+        "2 s run: {short:?}\n60 s run: {long:?}"
+    );
+    assert!(
+        long.get(Verb::Follow, "pods/log") <= 2,
+        "one follow stream for a whole minute: {long:?}"
+    );
+}
