@@ -27,6 +27,9 @@ use crate::parse::{OutputParser, RunOutput};
 /// After the Job or the container ended, how long to wait for the other (and the last log
 /// bytes) before harvesting with what is known.
 const SETTLE: Duration = Duration::from_secs(30);
+/// A Job that ended before its pod was seen: the pod watch is a separate stream and may lag the
+/// Job's; wait this long for the pod before concluding there was none.
+const POD_GRACE: Duration = Duration::from_secs(3);
 
 pub(super) struct Run<'a> {
     engine: &'a Engine,
@@ -644,15 +647,15 @@ impl Follow {
                 Done::Vanished
             });
         }
-        let settled = self
-            .settle_from
-            .is_some_and(|from| from.elapsed() >= SETTLE);
+        let settled = self.waited(SETTLE);
         match (&self.job_end, &self.exit) {
             (Some(_), Some(_)) if logs_complete => Some(Done::Finished),
             // A Job that ended without its container ever running (deadline while pending).
             (Some(_), None)
                 if self.started_at.is_none()
-                    && (pod_over || self.pod_name.is_none() || settled) =>
+                    && (pod_over
+                        || settled
+                        || self.pod_name.is_none() && self.waited(POD_GRACE)) =>
             {
                 Some(Done::Finished)
             }
@@ -661,11 +664,19 @@ impl Follow {
         }
     }
 
+    /// Whether `grace` has passed since the Job or the container ended.
+    fn waited(&self, grace: Duration) -> bool {
+        self.settle_from.is_some_and(|from| from.elapsed() >= grace)
+    }
+
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadlines = vec![far];
         if let Some(from) = self.settle_from {
             deadlines.push(from + SETTLE);
+            if self.pod_name.is_none() {
+                deadlines.push(from + POD_GRACE);
+            }
         }
         if self.job_end.is_none() && self.exit.is_none() {
             match (self.scheduled_at, self.started_at) {

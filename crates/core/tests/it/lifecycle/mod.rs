@@ -14,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use opencode_k8s_core::config::AgentConfig;
 use opencode_k8s_core::event::{RunEvent, RunSink};
-use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, SelfPod};
+use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, RunResult, SelfPod};
 use opencode_k8s_core::manifest::{RunRequest, SessionResume};
 use opencode_k8s_testkit::{Cluster, ClusterOptions};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 pub(crate) const NS: &str = "paperclip";
 
@@ -78,6 +79,22 @@ impl Harness {
         });
         merge(&mut config, extra);
         AgentConfig::from_json(&config).expect("valid config")
+    }
+
+    /// One run with default bounds and `extra` config; it must reach an outcome.
+    pub(crate) async fn run(&self, request: RunRequest, extra: Value) -> (RunResult, Collect) {
+        let sink = Collect::default();
+        let result = self
+            .engine(Bounds::default())
+            .run(
+                request,
+                &self.config(extra),
+                &sink,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("the run reaches an outcome: {err}\n{:?}", sink.lines()));
+        (result, sink)
     }
 
     pub(crate) fn jobs(&self) -> Vec<Value> {

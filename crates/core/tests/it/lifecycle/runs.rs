@@ -28,17 +28,7 @@ fn replay(h: &Harness, name: &str, rc: i32) {
 async fn a_successful_run_delivers_its_output_and_result_and_cleans_up() {
     let h = Harness::start().await;
     replay(&h, "run1", 0);
-    let sink = Collect::default();
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-ok", "agent-1"),
-            &h.config(json!({})),
-            &sink,
-            CancellationToken::new(),
-        )
-        .await
-        .expect("run completes");
+    let (result, sink) = h.run(request("run-ok", "agent-1"), json!({})).await;
     assert_eq!(
         result.status,
         RunStatus::Succeeded,
@@ -97,16 +87,9 @@ async fn a_successful_run_delivers_its_output_and_result_and_cleans_up() {
 async fn retain_jobs_keeps_the_job_but_not_the_secret() {
     let h = Harness::start().await;
     replay(&h, "run1", 0);
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-keep", "agent-1"),
-            &h.config(json!({"retainJobs": true})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let (result, _) = h
+        .run(request("run-keep", "agent-1"), json!({"retainJobs": true}))
+        .await;
     assert_eq!(result.status, RunStatus::Succeeded);
     let job = h
         .cluster
@@ -128,16 +111,7 @@ async fn retain_jobs_keeps_the_job_but_not_the_secret() {
 async fn an_llm_error_fails_with_the_providers_message() {
     let h = Harness::start().await;
     replay(&h, "run8-http401", 1);
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-401", "agent-1"),
-            &h.config(json!({})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let (result, _) = h.run(request("run-401", "agent-1"), json!({})).await;
     assert_eq!(result.status, RunStatus::Failed);
     assert_eq!(result.exit_code, Some(1));
     assert_eq!(result.error_code, Some(ErrorCode::LlmApiError));
@@ -149,17 +123,7 @@ async fn an_llm_error_fails_with_the_providers_message() {
 async fn a_nonzero_exit_without_an_error_event_keeps_the_stderr_tail() {
     let h = Harness::start().await;
     h.opencode("cat > /dev/null; echo 'plain output'; printf '\\033[31mError: disk on fire\\033[0m\\n' >&2; exit 3");
-    let sink = Collect::default();
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-exit3", "agent-1"),
-            &h.config(json!({})),
-            &sink,
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let (result, sink) = h.run(request("run-exit3", "agent-1"), json!({})).await;
     assert_eq!(
         (result.status, result.exit_code),
         (RunStatus::Failed, Some(3))
@@ -187,12 +151,7 @@ async fn resuming_in_the_same_cwd_passes_the_session() {
     ));
     let mut req = request("run-resume", "agent-1");
     req.resume = resume(SESSION, "/paperclip/workspaces/project");
-    let sink = Collect::default();
-    let result = h
-        .engine(Bounds::default())
-        .run(req, &h.config(json!({})), &sink, CancellationToken::new())
-        .await
-        .unwrap();
+    let (result, sink) = h.run(req, json!({})).await;
     assert_eq!(result.status, RunStatus::Succeeded);
     assert!(
         sink.output().contains(&format!("--session {SESSION}")),
@@ -216,12 +175,7 @@ async fn a_changed_cwd_starts_fresh_and_says_why() {
     ));
     let mut req = request("run-moved", "agent-1");
     req.resume = resume("ses_old", "/paperclip/workspaces/elsewhere");
-    let sink = Collect::default();
-    let result = h
-        .engine(Bounds::default())
-        .run(req, &h.config(json!({})), &sink, CancellationToken::new())
-        .await
-        .unwrap();
+    let (result, sink) = h.run(req, json!({})).await;
     assert_eq!(result.status, RunStatus::Succeeded);
     assert!(!sink.output().contains("--session"), "{}", sink.output());
     let lines = sink.lines();
@@ -246,12 +200,7 @@ async fn a_stale_session_is_retried_fresh_in_the_same_run() {
     ));
     let mut req = request("run-stale", "agent-1");
     req.resume = resume("ses_gone", "/paperclip/workspaces/project");
-    let sink = Collect::default();
-    let result = h
-        .engine(Bounds::default())
-        .run(req, &h.config(json!({})), &sink, CancellationToken::new())
-        .await
-        .unwrap();
+    let (result, sink) = h.run(req, json!({})).await;
     assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
     assert_eq!(result.attempts, 2);
     assert_eq!(
@@ -305,16 +254,9 @@ async fn a_resume_that_hangs_silently_is_retried_fresh() {
 async fn the_deadline_times_the_run_out() {
     let h = Harness::start().await;
     h.opencode("cat > /dev/null; echo working; exec sleep 600");
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-slow", "agent-1"),
-            &h.config(json!({"timeoutSec": 2})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let (result, _) = h
+        .run(request("run-slow", "agent-1"), json!({"timeoutSec": 2}))
+        .await;
     assert_eq!(result.status, RunStatus::TimedOut, "{result:?}");
     assert!(result.timed_out);
     assert_eq!(result.error_code, Some(ErrorCode::Timeout));
@@ -325,16 +267,7 @@ async fn oom_killed_is_reported_as_such() {
     let h = Harness::start().await;
     h.opencode("cat > /dev/null; exec sleep 600");
     h.cluster.faults().oom_after("*", "allocating\n");
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-oom", "agent-1"),
-            &h.config(json!({})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let (result, _) = h.run(request("run-oom", "agent-1"), json!({})).await;
     assert_eq!(
         result.error_code,
         Some(ErrorCode::K8sOomKilled),
@@ -353,17 +286,12 @@ async fn oom_killed_is_reported_as_such() {
 async fn an_image_that_cannot_be_pulled_fails_fast_and_leaves_nothing() {
     let h = Harness::start().await;
     h.cluster.faults().image_pull_fail("does-not-exist");
-    let config = h.config(json!({"image": "registry.example/does-not-exist:1"}));
-    let result = h
-        .engine(Bounds::default())
+    let (result, _) = h
         .run(
             request("run-pull", "agent-1"),
-            &config,
-            &Collect::default(),
-            CancellationToken::new(),
+            json!({"image": "registry.example/does-not-exist:1"}),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         result.error_code,
         Some(ErrorCode::K8sImagePullFailed),
@@ -381,16 +309,7 @@ async fn an_image_that_cannot_be_pulled_fails_fast_and_leaves_nothing() {
 async fn an_unschedulable_pod_fails_with_the_schedulers_reason() {
     let h = Harness::start().await;
     h.cluster.faults().unschedulable("*");
-    let result = h
-        .engine(Bounds::default())
-        .run(
-            request("run-nosched", "agent-1"),
-            &h.config(json!({})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
+    let (result, _) = h.run(request("run-nosched", "agent-1"), json!({})).await;
     assert_eq!(
         result.error_code,
         Some(ErrorCode::K8sPodUnschedulable),
