@@ -36,29 +36,51 @@ pub(crate) enum ContainerState {
 }
 
 /// Which entries of a timestamped log were already delivered.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct LogCursor {
     last: Option<Timestamp>,
     /// How many delivered entries carry exactly `last` (timestamps may repeat).
     delivered_at_last: u64,
     /// On the current connection: how many entries stamped `last` are still to be skipped.
     skip_at_last: u64,
+    /// The last entry is a line still being written, of which this many bytes were delivered
+    /// (a line longer than [`MAX_PENDING`] is streamed rather than held whole in memory).
+    partial: Option<u64>,
+}
+
+/// What to do with an entry, by its timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// New: deliver it.
+    Deliver,
+    /// Delivered before: drop it.
+    Drop,
+    /// Partly delivered before: deliver what follows its first `n` bytes.
+    ResumeAfter(u64),
 }
 
 impl LogCursor {
-    /// The cursor as an opaque string (`<timestamp>/<count>`), `None` before any output.
+    /// The cursor as an opaque string (`<timestamp>/<count>[+<bytes>]`), `None` before any output.
     pub(crate) fn checkpoint(&self) -> Option<String> {
-        self.last
-            .map(|ts| format!("{ts}/{}", self.delivered_at_last))
+        let ts = self.last?;
+        Some(match self.partial {
+            Some(bytes) => format!("{ts}/{}+{bytes}", self.delivered_at_last),
+            None => format!("{ts}/{}", self.delivered_at_last),
+        })
     }
 
     /// A cursor from [`Self::checkpoint`]'s string.
     pub(crate) fn from_checkpoint(text: &str) -> Option<Self> {
-        let (ts, count) = text.rsplit_once('/')?;
+        let (ts, rest) = text.rsplit_once('/')?;
+        let (count, partial) = match rest.split_once('+') {
+            Some((count, bytes)) => (count, Some(bytes.parse().ok()?)),
+            None => (rest, None),
+        };
         Some(Self {
             last: Some(ts.parse().ok()?),
             delivered_at_last: count.parse().ok()?,
             skip_at_last: 0,
+            partial,
         })
     }
 
@@ -69,24 +91,28 @@ impl LogCursor {
         self.last.map(floor_to_second)
     }
 
-    /// Whether the entry stamped `ts` is new (and if so, record it as delivered).
-    pub(crate) fn admit(&mut self, ts: Timestamp) -> bool {
+    fn admit(&mut self, ts: Timestamp) -> Admit {
         match self.last {
-            Some(last) if ts < last => false,
-            Some(last) if ts == last => {
-                if self.skip_at_last > 0 {
-                    self.skip_at_last -= 1;
-                    false
-                } else {
-                    self.delivered_at_last += 1;
-                    true
+            Some(last) if ts < last => Admit::Drop,
+            Some(last) if ts == last && self.skip_at_last > 0 => {
+                self.skip_at_last -= 1;
+                match self.partial {
+                    // The last delivered entry at this timestamp is the one cut short.
+                    Some(bytes) if self.skip_at_last == 0 => Admit::ResumeAfter(bytes),
+                    _ => Admit::Drop,
                 }
+            }
+            Some(last) if ts == last => {
+                self.delivered_at_last += 1;
+                self.partial = None;
+                Admit::Deliver
             }
             _ => {
                 self.last = Some(ts);
                 self.delivered_at_last = 1;
                 self.skip_at_last = 0;
-                true
+                self.partial = None;
+                Admit::Deliver
             }
         }
     }
@@ -97,16 +123,46 @@ fn floor_to_second(ts: Timestamp) -> Timestamp {
     ts.checked_sub(i64::from(nanos).nanoseconds()).unwrap_or(ts)
 }
 
+/// The most of one unfinished line held in memory; a longer line is streamed as it arrives.
+const MAX_PENDING: usize = 1 << 20;
+
 /// Splits the raw bytes of one `timestamps=true` connection into admitted output.
 #[derive(Debug, Default)]
 pub(crate) struct StampedLines {
     pending: Vec<u8>,
+    /// Inside a long entry whose start was already handled: its bytes up to the newline.
+    streaming: Option<Streaming>,
+    max_pending: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Streaming {
+    /// Bytes of the entry's text seen so far on this connection.
+    pos: u64,
+    /// Deliver only from this position on (what an earlier connection delivered is skipped).
+    from: u64,
+    /// Whether the entry is being delivered at all (false: a repeat, dropped whole).
+    deliver: bool,
 }
 
 impl StampedLines {
-    /// Feed bytes; append the text of every complete, newly admitted entry (prefix removed,
-    /// newline kept) to `out`.
-    pub(crate) fn feed(&mut self, bytes: &[u8], cursor: &mut LogCursor, out: &mut Vec<u8>) {
+    #[cfg(test)]
+    fn with_max_pending(max: usize) -> Self {
+        Self {
+            max_pending: Some(max),
+            ..Self::default()
+        }
+    }
+
+    /// Feed bytes; append the text of every newly admitted entry (prefix removed, newline kept)
+    /// to `out`.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8], cursor: &mut LogCursor, out: &mut Vec<u8>) {
+        if let Some(streaming) = self.streaming {
+            let newline = bytes.iter().position(|&b| b == b'\n');
+            let end = newline.map_or(bytes.len(), |at| at + 1);
+            self.stream(streaming, &bytes[..end], newline.is_some(), cursor, out);
+            bytes = &bytes[end..];
+        }
         self.pending.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
@@ -115,35 +171,97 @@ impl StampedLines {
             start = end;
         }
         self.pending.drain(..start);
+        if self.pending.len() > self.max_pending.unwrap_or(MAX_PENDING) {
+            self.start_streaming(cursor, out);
+        }
+    }
+
+    /// Hand the unfinished entry in `pending` over to streaming.
+    fn start_streaming(&mut self, cursor: &mut LogCursor, out: &mut Vec<u8>) {
+        let entry = std::mem::take(&mut self.pending);
+        let (verdict, text) = match split_stamp(&entry) {
+            Some((ts, text)) => (cursor.admit(ts), text),
+            None => (Admit::Deliver, &entry[..]),
+        };
+        let streaming = match verdict {
+            Admit::Deliver => Streaming {
+                pos: 0,
+                from: 0,
+                deliver: true,
+            },
+            Admit::ResumeAfter(from) => Streaming {
+                pos: 0,
+                from,
+                deliver: true,
+            },
+            Admit::Drop => Streaming {
+                pos: 0,
+                from: 0,
+                deliver: false,
+            },
+        };
+        self.stream(streaming, text, false, cursor, out);
+    }
+
+    /// Pass `text` of the streamed entry; `finished` when it ends with the entry's newline.
+    fn stream(
+        &mut self,
+        mut state: Streaming,
+        text: &[u8],
+        finished: bool,
+        cursor: &mut LogCursor,
+        out: &mut Vec<u8>,
+    ) {
+        let start = state.pos;
+        state.pos += text.len() as u64;
+        if state.deliver {
+            let skip = usize::try_from(state.from.saturating_sub(start))
+                .unwrap_or(usize::MAX)
+                .min(text.len());
+            out.extend_from_slice(&text[skip..]);
+            cursor.partial = (!finished).then_some(state.pos.max(state.from));
+        }
+        self.streaming = (!finished).then_some(state);
     }
 
     /// The connection ended. With `complete` (the container has exited) a trailing fragment is
     /// the process's real last line and is delivered; otherwise it is dropped, to come back whole
-    /// on the next connection.
+    /// on the next connection (a streamed long line resumes where it stopped).
     pub(crate) fn end(&mut self, complete: bool, cursor: &mut LogCursor, out: &mut Vec<u8>) {
         if complete && !self.pending.is_empty() {
             admit_entry(&self.pending, cursor, out);
         }
+        if complete && self.streaming.is_some() {
+            cursor.partial = None;
+        }
         self.pending.clear();
+        self.streaming = None;
     }
 }
 
+/// The timestamp and text of a `timestamps=true` entry.
+fn split_stamp(entry: &[u8]) -> Option<(Timestamp, &[u8])> {
+    let at = entry.iter().position(|&b| b == b' ')?;
+    let ts = std::str::from_utf8(&entry[..at])
+        .ok()?
+        .parse::<Timestamp>()
+        .ok()?;
+    Some((ts, &entry[at + 1..]))
+}
+
 fn admit_entry(entry: &[u8], cursor: &mut LogCursor, out: &mut Vec<u8>) {
-    let split = entry.iter().position(|&b| b == b' ');
-    let stamp = split.and_then(|at| {
-        std::str::from_utf8(&entry[..at])
-            .ok()?
-            .parse::<Timestamp>()
-            .ok()
-    });
-    match (stamp, split) {
-        (Some(ts), Some(at)) => {
-            if cursor.admit(ts) {
-                out.extend_from_slice(&entry[at + 1..]);
+    match split_stamp(entry) {
+        Some((ts, text)) => match cursor.admit(ts) {
+            Admit::Deliver => out.extend_from_slice(text),
+            Admit::ResumeAfter(from) => {
+                let skip = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+                out.extend_from_slice(&text[skip..]);
+                cursor.partial = None;
             }
-        }
+            Admit::Drop => {}
+        },
         // Not a stamped entry (a server that ignores `timestamps`): deliver it as is.
-        _ => out.extend_from_slice(entry),
+        None => out.extend_from_slice(entry),
     }
 }
 
@@ -474,6 +592,89 @@ mod tests {
             "three\n"
         );
         assert!(LogCursor::from_checkpoint("garbage").is_none());
+    }
+
+    fn feed_all(
+        lines: &mut StampedLines,
+        conn: &[&str],
+        complete: bool,
+        cursor: &mut LogCursor,
+    ) -> String {
+        let mut out = Vec::new();
+        for chunk in conn {
+            lines.feed(chunk.as_bytes(), cursor, &mut out);
+        }
+        lines.end(complete, cursor, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_long_line_is_streamed_and_resumed_where_a_cut_stopped_it() {
+        let mut cursor = LogCursor::default();
+        let t = "2026-11-27T14:37:43.100000000Z";
+        let mut lines = StampedLines::with_max_pending(8);
+        let first = feed_all(
+            &mut lines,
+            &[&format!("{t} abcdefghij"), "klmn"],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(
+            first, "abcdefghijklmn",
+            "streamed before its end, not held whole"
+        );
+        assert!(lines.pending.is_empty());
+        let checkpoint = cursor.checkpoint().unwrap();
+        assert!(checkpoint.ends_with("/1+14"), "{checkpoint}");
+        cursor.reconnect();
+        let mut lines = StampedLines::with_max_pending(8);
+        let second = feed_all(
+            &mut lines,
+            &[
+                &format!("{t} abcdefghijklmnopq"),
+                "rstu\n2026-11-27T14:37:44Z next\n",
+            ],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(
+            second, "opqrstu\nnext\n",
+            "the cut line continues, nothing repeated"
+        );
+        assert_eq!(cursor.partial, None);
+    }
+
+    #[test]
+    fn a_checkpoint_inside_a_long_line_survives_a_restart() {
+        let mut cursor = LogCursor::default();
+        let t = "2026-11-27T14:37:43.100000000Z";
+        let mut lines = StampedLines::with_max_pending(4);
+        feed_all(
+            &mut lines,
+            &[&format!("{t} 0123456789")],
+            false,
+            &mut cursor,
+        );
+        let mut restored = LogCursor::from_checkpoint(&cursor.checkpoint().unwrap()).unwrap();
+        restored.reconnect();
+        let out = run(&[&format!("{t} 0123456789ABC\n")], false, &mut restored);
+        assert_eq!(out, "ABC\n");
+    }
+
+    #[test]
+    fn a_repeated_long_line_is_dropped_whole() {
+        let mut cursor = LogCursor::default();
+        let t = "2026-11-27T14:37:43.100000000Z";
+        run(&[&format!("{t} 0123456789\n")], false, &mut cursor);
+        cursor.reconnect();
+        let mut lines = StampedLines::with_max_pending(4);
+        let out = feed_all(
+            &mut lines,
+            &[&format!("{t} 01234"), "56789\n2026-11-27T14:37:44Z new\n"],
+            false,
+            &mut cursor,
+        );
+        assert_eq!(out, "new\n");
     }
 
     #[test]
