@@ -37,6 +37,11 @@ pub struct InheritedPod {
     pub container_name: String,
     /// Its image.
     pub image: Option<String>,
+    /// Env names of the Paperclip container an agent must not see: the server's own secrets
+    /// ([`super::SERVER_ONLY_ENV`]) and those listed in the pod's
+    /// [`super::WITHHOLD_ENV_ANNOTATION`]. Removed from the inherited env, and masked with an empty
+    /// value when the container also has `envFrom` (which cannot drop single keys).
+    pub withheld_env: Vec<String>,
     /// Registry credentials.
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// DNS policy.
@@ -129,10 +134,26 @@ impl InheritedPod {
             secret_mounts.push(mount.clone());
         }
 
+        let annotated = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(super::WITHHOLD_ENV_ANNOTATION));
+        let mut withheld_env: Vec<String> = super::SERVER_ONLY_ENV
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
+        for name in annotated.into_iter().flat_map(|list| list.split(',')) {
+            let name = name.trim();
+            if !name.is_empty() && !withheld_env.iter().any(|n| n == name) {
+                withheld_env.push(name.to_owned());
+            }
+        }
         let env = container
             .env
             .iter()
             .flatten()
+            .filter(|var| !withheld_env.contains(&var.name))
             .cloned()
             .map(|mut var| {
                 // A resource reference to the Paperclip container must point at the agent's.
@@ -152,6 +173,7 @@ impl InheritedPod {
             namespace: pod.metadata.namespace.clone(),
             container_name: container.name.clone(),
             image: container.image.clone().filter(|i| !i.is_empty()),
+            withheld_env,
             image_pull_secrets: spec.image_pull_secrets.clone().unwrap_or_default(),
             dns_policy: spec.dns_policy.clone(),
             dns_config: spec.dns_config.clone(),

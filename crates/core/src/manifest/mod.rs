@@ -36,10 +36,28 @@ pub use inherit::{InheritedPod, PAPERCLIP_CONTAINER};
 pub use names::{
     AGENT_ID_KEY, AGENT_NAME_ANNOTATION, APP_NAME_KEY, APP_NAME_VALUE, ATTEMPT_ANNOTATION,
     COMPANY_ID_KEY, KEY_PREFIX, MANAGED_BY_KEY, MANAGED_BY_VALUE, RESUME_SESSION_ANNOTATION,
-    RUN_ID_KEY, TASK_KEY_KEY, agent_selector, is_adapter_label_key, label_value, object_name,
-    run_selector,
+    RUN_ID_KEY, TASK_KEY_KEY, WITHHOLD_ENV_ANNOTATION, agent_selector, is_adapter_label_key,
+    label_value, object_name, run_selector,
 };
 pub use yaml::{SecretValues, YamlError, to_yaml};
+
+/// Env of the Paperclip server that no agent may see: what signs agent tokens and session
+/// cookies, the database credentials, the secrets store's master key, and the server's own
+/// service tokens (read from `@paperclipai/server` 2026.916.1). Agent Jobs inherit the rest of
+/// the Paperclip container's env; a pod annotation can withhold more names.
+pub const SERVER_ONLY_ENV: &[&str] = &[
+    "BETTER_AUTH_SECRET",
+    "PAPERCLIP_AGENT_JWT_SECRET",
+    "DATABASE_URL",
+    "PAPERCLIP_SECRETS_MASTER_KEY",
+    "PAPERCLIP_SECRETS_MASTER_KEY_FILE",
+    "PAPERCLIP_TOOL_ACTION_SIGNING_SECRET",
+    "PAPERCLIP_TOOL_OAUTH_CLIENT_SECRET",
+    "PAPERCLIP_CLOUD_TENANT_SERVER_TOKEN",
+    "PAPERCLIP_TELEMETRY_BACKEND_TOKEN",
+    "PAPERCLIP_FEEDBACK_EXPORT_BACKEND_TOKEN",
+    "PAPERCLIP_DEV_SERVER_STATUS_TOKEN",
+];
 
 /// Where the shared Paperclip volume is mounted, in the Paperclip pod and the agent pod alike.
 pub const WORKSPACE_MOUNT: &str = "/paperclip";
@@ -586,6 +604,12 @@ fn build_env(
     }
     // The Paperclip pod's own key must never reach an agent; the run's key is set below.
     env.remove(API_KEY_KEY);
+    // `envFrom` cannot drop single keys: an explicit empty value masks a withheld one.
+    if let Some(pod) = inherited.filter(|p| !p.env_from.is_empty()) {
+        for name in &pod.withheld_env {
+            env.literal(name, "");
+        }
+    }
     let inherited_api_url = inherited.is_some_and(|p| p.env_value("PAPERCLIP_API_URL").is_some());
     for (name, value) in &req.paperclip_env {
         let keep = match name.as_str() {

@@ -35,6 +35,9 @@ pub const AGENT_NAME_ANNOTATION: &str = "opencode-k8s.dev/agent-name";
 pub const ATTEMPT_ANNOTATION: &str = "opencode-k8s.dev/attempt";
 /// Annotation with the OpenCode session the run resumes.
 pub const RESUME_SESSION_ANNOTATION: &str = "opencode-k8s.dev/resume-session-id";
+/// Annotation on the Paperclip pod: more env names (comma-separated) its agent Jobs must not
+/// inherit, besides [`crate::manifest::SERVER_ONLY_ENV`].
+pub const WITHHOLD_ENV_ANNOTATION: &str = "opencode-k8s.dev/withhold-env";
 
 const SLUG_MAX: usize = 20;
 const NAME_HASH_HEX: usize = 10;

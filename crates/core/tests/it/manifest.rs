@@ -550,3 +550,54 @@ fn printed_yaml_reads_back_as_the_same_objects() {
     assert_eq!(job, r.job);
     assert_eq!(secret, r.secret);
 }
+
+#[test]
+fn the_servers_own_secrets_never_reach_an_agent() {
+    let mut pod: Pod =
+        serde_saphyr::from_str(&read(&format!("{EXAMPLES}/paperclip-pod.yaml"))).unwrap();
+    pod.metadata.annotations = Some(
+        [(
+            "opencode-k8s.dev/withhold-env".to_owned(),
+            "INTERNAL_TOKEN, ".to_owned(),
+        )]
+        .into(),
+    );
+    let container = &mut pod.spec.as_mut().unwrap().containers[0];
+    let env = container.env.get_or_insert_with(Vec::new);
+    for (name, value) in [
+        ("BETTER_AUTH_SECRET", "signs-agent-tokens"),
+        ("DATABASE_URL", "postgres://paperclip:pw@db/paperclip"),
+        ("INTERNAL_TOKEN", "operator-said-no"),
+        ("OPENAI_API_KEY", "sk-agents-need-this"),
+    ] {
+        env.push(serde_json::from_value(json!({"name": name, "value": value})).unwrap());
+    }
+    let inherited = InheritedPod::from_pod(&pod, None).unwrap();
+    let rendered = render_ok(
+        &request(),
+        Some(&inherited),
+        &example_config("agent-config.json"),
+    );
+    let job = serde_json::to_string(&rendered.job).unwrap();
+    for secret in ["signs-agent-tokens", "postgres://", "operator-said-no"] {
+        assert!(!job.contains(secret), "{secret} leaked into the Job");
+    }
+    assert!(
+        job.contains("sk-agents-need-this"),
+        "ordinary env is still inherited"
+    );
+    let container = &rendered.job.spec.unwrap().template.spec.unwrap().containers[0];
+    let masked: Vec<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .filter(|v| v.value.as_deref() == Some(""))
+        .map(|v| v.name.as_str())
+        .collect();
+    if container.env_from.as_ref().is_some_and(|f| !f.is_empty()) {
+        assert!(
+            masked.contains(&"BETTER_AUTH_SECRET") && masked.contains(&"INTERNAL_TOKEN"),
+            "{masked:?}"
+        );
+    }
+}
