@@ -1,22 +1,51 @@
 //! `opencode-k8s`: the operator's command line over the engine.
 //!
-//! One module per subcommand; each returns `anyhow::Result<()>` and this file maps failures to
-//! the stable error code and exit status: 2 for input that cannot work (`config_invalid`,
-//! `prompt_too_large`), 1 for everything else.
+//! One module per subcommand; each returns `anyhow::Result` and this file maps failures to the
+//! stable error code and exit status ([`exit_status`], the table in `--help`).
 
+mod cluster;
+mod doctor;
+mod gc;
+mod jobs;
+mod logs;
 mod rbac;
 mod render;
+mod run;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use opencode_k8s_core::config::ConfigError;
 use opencode_k8s_core::error_code::ErrorCode;
+use opencode_k8s_core::lifecycle::{ClusterError, RunError};
 use opencode_k8s_core::manifest::ManifestError;
 
-/// Run OpenCode agents as Kubernetes Jobs: inspect manifests and RBAC.
+/// Exit statuses, as `--help` shows them. [`exit_status`] is the mapping; a test keeps the two
+/// in agreement.
+const EXIT_STATUS_HELP: &str = "Exit status (run, and every command's errors):
+  0    succeeded
+  1    any other failure (adapter_internal, k8s_job_deleted_externally; doctor: a check failed)
+  2    fix the input: config_invalid, prompt_too_large
+  3    the agent failed: opencode_failed, llm_api_error, session_unavailable
+  4    timeout (timeoutSec ran out)
+  5    the pod could not run: k8s_pod_unschedulable, k8s_pod_start_timeout,
+       k8s_image_pull_failed, k8s_container_config_error, k8s_volume_mount_failed,
+       k8s_oom_killed
+  6    cluster access: k8s_api_unreachable, k8s_forbidden, k8s_concurrency_guard_unreachable,
+       k8s_job_create_failed
+  7    k8s_concurrent_run_blocked (another run of the agent did not finish in time)
+  130  cancelled (Ctrl-C)";
+
+/// Run OpenCode agents as Kubernetes Jobs: run one from a terminal, check a cluster, list,
+/// read and clean up the Jobs, inspect manifests and RBAC.
 #[derive(Debug, Parser)]
-#[command(name = "opencode-k8s", version, about, propagate_version = true)]
+#[command(
+    name = "opencode-k8s",
+    version,
+    about,
+    propagate_version = true,
+    after_help = EXIT_STATUS_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,25 +53,67 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one agent turn as a Kubernetes Job, streaming its output; Ctrl-C cancels it.
+    Run(run::Args),
+    /// Check that runs can work here: API, Paperclip pod, namespace, RBAC, shared volume,
+    /// Secrets; each failure says what to change.
+    Doctor(doctor::Args),
+    /// List the adapter's Jobs.
+    Jobs(jobs::Args),
+    /// Print the output of a run by its run id.
+    Logs(logs::Args),
+    /// Delete finished Jobs and leftover per-run Secrets.
+    Gc(gc::Args),
     /// Print the Job and Secret one run would create, without a cluster.
     Render(render::Args),
     /// Print the RBAC objects the engine needs, generated from its table of verbs.
     Rbac(rbac::Args),
 }
 
-/// Exit status for input the operator must fix.
-const EXIT_INVALID_INPUT: u8 = 2;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Render(args) => render::run(&args),
-        Command::Rbac(args) => rbac::run(&args),
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return report(&anyhow::Error::new(err).context("failed to start the async runtime"));
+        }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
         Err(err) => report(&err),
     }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Doctor(args) => doctor::run(&args).await,
+        Command::Jobs(args) => jobs::run(&args).await.map(success),
+        Command::Logs(args) => logs::run(&args).await.map(success),
+        Command::Gc(args) => gc::run(&args).await,
+        Command::Render(args) => render::run(&args).map(success),
+        Command::Rbac(args) => rbac::run(&args).map(success),
+    }
+}
+
+/// The exit status of a command that finished its work.
+fn success((): ()) -> ExitCode {
+    ExitCode::SUCCESS
+}
+
+/// Engine and client diagnostics on stderr, `warn` and up unless `OPENCODE_K8S_LOG` says
+/// otherwise (an `EnvFilter` directive such as `opencode_k8s_core=debug`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_K8S_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Prints the error, its cause chain and its code; returns the exit status for it.
@@ -57,9 +128,28 @@ fn report(err: &anyhow::Error) -> ExitCode {
         eprintln!("  caused by: {cause}");
     }
     eprintln!("code: {code}");
+    ExitCode::from(exit_status(code))
+}
+
+/// The stable exit status of a failure with `code` (see [`EXIT_STATUS_HELP`]).
+pub(crate) const fn exit_status(code: ErrorCode) -> u8 {
     match code {
-        ErrorCode::ConfigInvalid | ErrorCode::PromptTooLarge => ExitCode::from(EXIT_INVALID_INPUT),
-        _ => ExitCode::FAILURE,
+        ErrorCode::ConfigInvalid | ErrorCode::PromptTooLarge => 2,
+        ErrorCode::OpencodeFailed | ErrorCode::LlmApiError | ErrorCode::SessionUnavailable => 3,
+        ErrorCode::Timeout => 4,
+        ErrorCode::K8sPodUnschedulable
+        | ErrorCode::K8sPodStartTimeout
+        | ErrorCode::K8sImagePullFailed
+        | ErrorCode::K8sContainerConfigError
+        | ErrorCode::K8sVolumeMountFailed
+        | ErrorCode::K8sOomKilled => 5,
+        ErrorCode::K8sApiUnreachable
+        | ErrorCode::K8sForbidden
+        | ErrorCode::K8sConcurrencyGuardUnreachable
+        | ErrorCode::K8sJobCreateFailed => 6,
+        ErrorCode::K8sConcurrentRunBlocked => 7,
+        ErrorCode::Cancelled => 130,
+        ErrorCode::AdapterInternal | ErrorCode::K8sJobDeletedExternally => 1,
     }
 }
 
@@ -68,6 +158,10 @@ fn error_code(err: &anyhow::Error) -> ErrorCode {
         e.code()
     } else if let Some(e) = err.downcast_ref::<ManifestError>() {
         e.code()
+    } else if let Some(e) = err.downcast_ref::<RunError>() {
+        e.code
+    } else if err.downcast_ref::<ClusterError>().is_some() {
+        ErrorCode::K8sApiUnreachable
     } else if err.downcast_ref::<InputError>().is_some() {
         ErrorCode::ConfigInvalid
     } else {
@@ -107,6 +201,30 @@ mod tests {
                 help.contains("opencode-k8s "),
                 "{} has no example",
                 sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_exit_status_help_lists_every_code_under_its_status() {
+        let mut documented = std::collections::HashMap::new();
+        let mut status = None;
+        for line in EXIT_STATUS_HELP.lines().skip(1) {
+            let line = line.trim_start();
+            if let Some((number, _)) = line.split_once(' ')
+                && let Ok(number) = number.parse::<u8>()
+            {
+                status = Some(number);
+            }
+            for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                documented.entry(word.to_owned()).or_insert(status);
+            }
+        }
+        for &code in ErrorCode::ALL {
+            assert_eq!(
+                documented.get(code.as_str()).copied().flatten(),
+                Some(exit_status(code)),
+                "{code}"
             );
         }
     }

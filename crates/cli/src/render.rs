@@ -144,7 +144,7 @@ fn input_error(path: &Path, problem: impl ToString) -> InputError {
 }
 
 /// The adapterConfig object: the file itself, or its `adapterConfig` member.
-fn read_config(path: &Path) -> anyhow::Result<Value> {
+pub(crate) fn read_config(path: &Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| input_error(path, e))?;
     let mut value: Value =
         serde_json::from_str(&text).map_err(|e| input_error(path, format!("not JSON: {e}")))?;

@@ -1,7 +1,11 @@
 //! The `opencode-k8s` binary as an operator runs it: output, exit status and error codes.
 
+mod cluster_commands;
+mod doctor;
 mod rbac;
 mod render;
+mod run;
+mod sim;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -7,6 +7,8 @@
 //! shutting down never does — the next run of the same agent and task reattaches instead.
 
 pub mod cluster;
+mod doctor;
+mod gc;
 mod guard;
 mod informer;
 mod introspect;
@@ -24,6 +26,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use self::cluster::{ClientCache, ClusterError, ClusterSource};
+pub use self::doctor::{Check, CheckStatus, DoctorReport, DoctorTarget, doctor};
+pub use self::gc::{Collected, GcReport, gc};
 pub use self::introspect::SelfPod;
 pub use self::result::{RunError, RunResult, RunStatus, SessionParams};
 use crate::config::AgentConfig;

@@ -1,7 +1,9 @@
 //! The run lifecycle against the simulated cluster (testkit): a fake `opencode` script plays
 //! the agent inside the pod, the engine drives everything else for real.
 
+mod doctor;
 mod faults;
+mod gc;
 mod guard;
 mod requests;
 mod runs;

@@ -1,0 +1,195 @@
+//! `opencode-k8s run` against the simulated cluster: live output, the result as text and JSON,
+//! exit statuses from error codes, and Ctrl-C cancelling the run and deleting its Job.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use opencode_k8s_testkit::Resource;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::sim::{NS, POD, Sim, fixture};
+use crate::{stderr, stdout};
+
+const SESSION: &str = "ses_de2d87857ffeYcorR0xMgtIWlV";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_the_output_and_prints_the_result() {
+    let sim = Sim::start().await;
+    sim.replay("run1", 0);
+    let config = sim.config(json!({}));
+    let out = sim
+        .cli(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--prompt",
+            "Say hi.",
+            "--pod",
+            POD,
+            "--cwd",
+            "/paperclip/workspaces/project",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, fixture("opencode/run1.stdout.jsonl"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("[opencode-k8s] created Job paperclip/oc-"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[opencode-k8s] result: succeeded (exit 0), Job paperclip/oc-"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("  session: {SESSION} (cwd /paperclip/workspaces/project); resume with --session {SESSION}")),
+        "{err}"
+    );
+    assert!(err.contains("  summary: Hi! I am the fake model."), "{err}");
+    let job = err
+        .split("created Job paperclip/")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap();
+    sim.cluster
+        .wait_for(Resource::Jobs, NS, job, Duration::from_secs(10), |j| {
+            j.is_none()
+        })
+        .await
+        .expect("the finished Job is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_prints_only_the_result_on_stdout() {
+    let sim = Sim::start().await;
+    sim.replay("run1", 0);
+    let config = sim.config(json!({}));
+    let out = sim
+        .cli(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--prompt",
+            "Say hi.",
+            "--pod",
+            POD,
+            "--run-id",
+            "run-json",
+            "--json",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result: Value = serde_json::from_str(&stdout(&out)).expect("stdout is one JSON document");
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["exitCode"], 0);
+    assert_eq!(result["errorCode"], Value::Null);
+    assert_eq!(result["session"]["sessionId"], SESSION);
+    assert_eq!(result["summary"], "Hi! I am the fake model.");
+    assert_eq!(result["namespace"], NS);
+    assert_eq!(result["provider"], "fake");
+    assert!(
+        result["usage"]["outputTokens"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+    // The agent's output still streams, on stderr.
+    assert!(
+        stderr(&out).contains(&String::from_utf8(fixture("opencode/run1.stdout.jsonl")).unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_exits_with_the_status_of_its_error_code() {
+    let sim = Sim::start().await;
+    sim.opencode("cat > /dev/null; echo 'Error: something broke' >&2; exit 3");
+    let config = sim.config(json!({}));
+    let out = sim
+        .cli(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--prompt",
+            "Say hi.",
+            "--pod",
+            POD,
+            "--json",
+        ])
+        .await;
+    let result: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["errorCode"], "opencode_failed");
+    assert_eq!(result["exitCode"], 3);
+    assert_eq!(out.status.code(), Some(3), "opencode_failed exits 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_creates_nothing_and_exits_2() {
+    let sim = Sim::start().await;
+    let config = sim.config(json!({"timeoutSec": "soon"}));
+    let out = sim
+        .cli(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timeoutSec"), "{}", stderr(&out));
+    assert!(stderr(&out).ends_with("code: config_invalid\n"));
+    assert!(sim.jobs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_run_and_deletes_its_job() {
+    let sim = Sim::start().await;
+    sim.opencode("cat > /dev/null; echo started; exec sleep 300");
+    let config = sim.config(json!({}));
+    let mut child = sim
+        .command(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--prompt",
+            "Work for a long time.",
+            "--pod",
+            POD,
+            "--run-id",
+            "run-ctrl-c",
+        ])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the agent starts")
+        .unwrap();
+    assert_eq!(started.as_deref(), Some("started"));
+    let job = sim.jobs()[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("Ctrl-C ends the run promptly")
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("[opencode-k8s] cancelling: deleting the Job (Ctrl-C again to exit at once)"),
+        "{err}"
+    );
+    assert!(err.contains("[opencode-k8s] result: cancelled ("), "{err}");
+    assert!(
+        sim.cluster.get_json(Resource::Jobs, NS, &job).is_none(),
+        "the Job is gone"
+    );
+    assert!(
+        sim.cluster.get_json(Resource::Secrets, NS, &job).is_none(),
+        "the Secret is gone"
+    );
+}

@@ -1,0 +1,607 @@
+//! `doctor`: every check a run depends on, each with what to change when it fails.
+//!
+//! API reachable, the Paperclip pod found and inheritable, the Jobs' namespace, one
+//! SelfSubjectAccessReview per row of [`rbac::RULES`], the shared claim at `/paperclip` and the
+//! Secrets the inherited pod spec references. A failing check names the exact RBAC rule or
+//! manifest change to make, so an operator fixes everything in one pass instead of one failed
+//! run at a time.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret};
+use kube::Api;
+use kube::api::PostParams;
+use serde::Serialize;
+
+use super::cluster::{ClientCache, ClusterSource};
+use super::introspect::{self, Found, SelfPod};
+use super::retry::retry;
+use crate::config::AgentConfig;
+use crate::error_code::ErrorCode;
+use crate::manifest::{InheritedPod, WORKSPACE_MOUNT};
+use crate::rbac::{self, Rule, Scope};
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CheckStatus {
+    /// Works.
+    Pass,
+    /// Runs work, but something is degraded or could not be verified.
+    Warn,
+    /// Runs will fail until this is fixed.
+    Fail,
+}
+
+/// One check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// Stable short name, e.g. `api`, `rbac create jobs`.
+    pub name: String,
+    /// How it came out.
+    pub status: CheckStatus,
+    /// What was found.
+    pub detail: String,
+    /// What to change, exactly (an RBAC rule, a manifest change), when it did not pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: CheckStatus::Pass,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(name: impl Into<String>, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: CheckStatus::Warn,
+            detail: detail.into(),
+            fix,
+        }
+    }
+
+    fn fail(name: impl Into<String>, detail: impl Into<String>, fix: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: CheckStatus::Fail,
+            detail: detail.into(),
+            fix,
+        }
+    }
+}
+
+/// Every check, in the order they ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DoctorReport {
+    /// The namespace the agent Jobs would run in, once known.
+    pub namespace: Option<String>,
+    /// The checks.
+    pub checks: Vec<Check>,
+}
+
+impl DoctorReport {
+    /// At least one check failed: runs will not work.
+    pub fn failed(&self) -> bool {
+        self.checks.iter().any(|c| c.status == CheckStatus::Fail)
+    }
+}
+
+/// Which cluster and namespace to check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorTarget {
+    /// Where the credentials come from.
+    pub source: ClusterSource,
+    /// The Jobs' namespace; `None`: the Paperclip pod's, else the kubeconfig's default.
+    pub namespace: Option<String>,
+}
+
+impl DoctorTarget {
+    /// The cluster and namespace an agent config selects, as a run would use them.
+    pub fn from_config(config: &AgentConfig) -> Self {
+        Self {
+            source: ClusterSource::from_fields(
+                config.kubeconfig.as_deref(),
+                config.kubeconfig_content.as_ref().map(|c| c.expose()),
+            ),
+            namespace: config.namespace.clone(),
+        }
+    }
+}
+
+/// Run every check against the cluster `target` selects. Never fails: a check that cannot run
+/// is itself reported (and the ones that depend on it are skipped).
+pub async fn doctor(target: &DoctorTarget, self_pod: &SelfPod) -> DoctorReport {
+    let mut report = DoctorReport {
+        namespace: target.namespace.clone(),
+        checks: Vec::new(),
+    };
+    let client = match ClientCache::default().client(&target.source).await {
+        Ok(client) => client,
+        Err(err) => {
+            report
+                .checks
+                .push(Check::fail("api", err.to_string(), None));
+            return report;
+        }
+    };
+    match retry("read the API server version", || client.apiserver_version()).await {
+        Ok(version) => report.checks.push(Check::pass(
+            "api",
+            format!(
+                "reached Kubernetes {} using {}",
+                version.git_version, target.source
+            ),
+        )),
+        Err(err) => {
+            report.checks.push(Check::fail(
+                "api",
+                format!("failed to reach the API server using {}: {err}", target.source),
+                Some("check the server address, network path and credentials of that kubeconfig (`kubectl version` with the same kubeconfig must work)".to_owned()),
+            ));
+            return report;
+        }
+    }
+    let (check, inherited) = paperclip_pod(&client, self_pod).await;
+    report.checks.push(check);
+    let namespace = target
+        .namespace
+        .clone()
+        .or_else(|| inherited.as_ref().and_then(|pod| pod.namespace.clone()))
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    report.namespace = Some(namespace.clone());
+    report
+        .checks
+        .push(namespace_check(&client, &namespace).await);
+    report
+        .checks
+        .extend(access_checks(&client, &namespace).await);
+    report
+        .checks
+        .push(claim_check(&client, &namespace, inherited.as_ref()).await);
+    if let Some(pod) = &inherited {
+        report
+            .checks
+            .extend(secret_checks(&client, &namespace, pod).await);
+    }
+    report
+}
+
+/// The YAML of one RBAC rule, and where it goes.
+fn rule_fix(rule: &Rule, namespace: &str) -> String {
+    let (resource, group) = (rule.resource, rule.group);
+    let place = match rule.scope {
+        Scope::Namespaced => format!(
+            "add this rule to the Role bound to the engine's service account in namespace {namespace}"
+        ),
+        Scope::Cluster => {
+            "add this rule to a ClusterRole bound to the engine's service account".to_owned()
+        }
+    };
+    let all = match rule.scope {
+        Scope::Namespaced => {
+            format!("`opencode-k8s rbac --namespace {namespace}` prints the whole Role")
+        }
+        Scope::Cluster => {
+            "`opencode-k8s rbac --cluster-scoped` prints the whole ClusterRole".to_owned()
+        }
+    };
+    format!(
+        "{place} ({all}):\n- apiGroups: [\"{group}\"]\n  resources: [\"{resource}\"]\n  verbs: [\"{}\"]",
+        rule.verb
+    )
+}
+
+fn find_rule(group: &str, resource: &str, verb: &str) -> Option<&'static Rule> {
+    rbac::RULES
+        .iter()
+        .find(|r| r.group == group && r.resource == resource && r.verb == verb)
+}
+
+fn is_status(err: &kube::Error, code: u16) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == code)
+}
+
+async fn paperclip_pod(client: &kube::Client, self_pod: &SelfPod) -> (Check, Option<InheritedPod>) {
+    const NAME: &str = "paperclip pod";
+    match introspect::discover(client, self_pod).await {
+        Ok(Found::Pod(pod)) => {
+            let check = Check::pass(
+                NAME,
+                format!(
+                    "inheriting from pod {}/{} (container {}, image {})",
+                    pod.namespace.as_deref().unwrap_or_default(),
+                    pod.pod_name,
+                    pod.container_name,
+                    pod.image.as_deref().unwrap_or("none")
+                ),
+            );
+            (check, Some(*pod))
+        }
+        Ok(Found::NotFound(why)) => (
+            Check::warn(
+                NAME,
+                format!("no Paperclip pod to inherit from: {why}; Jobs use the config's `image` and get no shared /paperclip volume"),
+                Some("inside the cluster set POD_NAME (fieldRef metadata.name) and POD_NAMESPACE (fieldRef metadata.namespace) on the Paperclip container; from a workstation pass `--pod NAMESPACE/NAME`".to_owned()),
+            ),
+            None,
+        ),
+        Err(err) if err.code == ErrorCode::K8sForbidden => {
+            let namespace = self_pod.locate().map(|(ns, _)| ns).unwrap_or_default();
+            let fix = find_rule("", "pods", "get").map(|r| rule_fix(r, &namespace));
+            (Check::fail(NAME, err.message, fix), None)
+        }
+        Err(err) if err.code == ErrorCode::K8sApiUnreachable => {
+            (Check::fail(NAME, err.message, None), None)
+        }
+        Err(err) => (
+            Check::fail(
+                NAME,
+                err.message,
+                Some(format!(
+                    "in the Paperclip Deployment, mount a ReadWriteMany PersistentVolumeClaim at {WORKSPACE_MOUNT}:\n  volumes:\n  - name: data\n    persistentVolumeClaim: {{claimName: paperclip-data}}\n  containers[paperclip].volumeMounts:\n  - name: data\n    mountPath: {WORKSPACE_MOUNT}"
+                )),
+            ),
+            None,
+        ),
+    }
+}
+
+async fn namespace_check(client: &kube::Client, namespace: &str) -> Check {
+    let name = "namespace";
+    let api: Api<Namespace> = Api::all(client.clone());
+    match retry("get the namespace", || api.get_opt(namespace)).await {
+        Ok(Some(_)) => Check::pass(name, format!("namespace {namespace} exists")),
+        Ok(None) => Check::fail(
+            name,
+            format!("namespace {namespace} does not exist"),
+            Some(format!(
+                "create it (`kubectl create namespace {namespace}`) or set `namespace` in the agent config to the namespace Paperclip runs in"
+            )),
+        ),
+        Err(err) if is_status(&err, 403) => Check::warn(
+            name,
+            format!(
+                "cannot tell whether namespace {namespace} exists: reading namespaces needs a ClusterRole (runs do not need it)"
+            ),
+            find_rule("", "namespaces", "get").map(|r| rule_fix(r, namespace)),
+        ),
+        Err(err) => Check::fail(
+            name,
+            format!("failed to get namespace {namespace}: {err}"),
+            None,
+        ),
+    }
+}
+
+/// One SelfSubjectAccessReview per rule of the table, in the Jobs' namespace.
+async fn access_checks(client: &kube::Client, namespace: &str) -> Vec<Check> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut checks = Vec::with_capacity(rbac::RULES.len());
+    for rule in rbac::RULES {
+        let group = if rule.group.is_empty() {
+            "core"
+        } else {
+            rule.group
+        };
+        let name = format!("rbac {} {}", rule.verb, rule.resource);
+        let (resource, subresource) = match rule.resource.split_once('/') {
+            Some((resource, sub)) => (resource, Some(sub.to_owned())),
+            None => (rule.resource, None),
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(rule.group.to_owned()),
+                    resource: Some(resource.to_owned()),
+                    subresource,
+                    verb: Some(rule.verb.to_owned()),
+                    namespace: (rule.scope == Scope::Namespaced).then(|| namespace.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if (rule.group, rule.resource, rule.verb)
+            == ("authorization.k8s.io", "selfsubjectaccessreviews", "create")
+            && !checks.is_empty()
+        {
+            // The reviews above were created: that is the answer, and a review of this very
+            // verb can come out denied where the API grants it outside RBAC rules.
+            checks.push(Check::pass(
+                name,
+                format!("{} {} ({group}) cluster-wide", rule.verb, rule.resource),
+            ));
+            continue;
+        }
+        let params = PostParams::default();
+        let answer = match retry("create a SelfSubjectAccessReview", || {
+            api.create(&params, &review)
+        })
+        .await
+        {
+            Ok(answer) => answer,
+            Err(err) => {
+                // Without reviews nothing below can be checked: say so once.
+                checks.push(Check::warn(
+                    "rbac",
+                    format!("cannot check permissions: failed to create a SelfSubjectAccessReview: {err}"),
+                    find_rule("authorization.k8s.io", "selfsubjectaccessreviews", "create")
+                        .map(|r| rule_fix(r, namespace)),
+                ));
+                return checks;
+            }
+        };
+        let allowed = answer.status.as_ref().is_some_and(|s| s.allowed);
+        let scope = match rule.scope {
+            Scope::Namespaced => format!("in namespace {namespace}"),
+            Scope::Cluster => "cluster-wide".to_owned(),
+        };
+        let check = if allowed {
+            Check::pass(
+                name,
+                format!("{} {} ({group}) {scope}", rule.verb, rule.resource),
+            )
+        } else {
+            let detail = format!(
+                "denied: {} {} ({group}) {scope} — {}",
+                rule.verb, rule.resource, rule.why
+            );
+            let fix = Some(rule_fix(rule, namespace));
+            if rule.optional {
+                Check::warn(name, detail, fix)
+            } else {
+                Check::fail(name, detail, fix)
+            }
+        };
+        checks.push(check);
+    }
+    checks
+}
+
+/// The claim mounted at `/paperclip`: it must exist in the Jobs' namespace and be ReadWriteMany,
+/// or agent pods on other nodes cannot mount it.
+async fn claim_check(
+    client: &kube::Client,
+    namespace: &str,
+    inherited: Option<&InheritedPod>,
+) -> Check {
+    let name = "shared volume";
+    let Some(claim) = inherited.and_then(|pod| {
+        pod.workspace_volume
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| c.claim_name.clone())
+    }) else {
+        return Check::warn(
+            name,
+            format!(
+                "not checked: no Paperclip pod, so no claim mounted at {WORKSPACE_MOUNT} is known"
+            ),
+            None,
+        );
+    };
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let pvc = match retry("get the claim", || api.get_opt(&claim)).await {
+        Ok(Some(pvc)) => pvc,
+        Ok(None) => {
+            return Check::fail(
+                name,
+                format!(
+                    "PersistentVolumeClaim {namespace}/{claim} (mounted at {WORKSPACE_MOUNT} by the Paperclip pod) does not exist in the Jobs' namespace"
+                ),
+                Some(format!(
+                    "run the agent Jobs in the Paperclip pod's namespace (`namespace` in the agent config), or create a ReadWriteMany claim {claim} in namespace {namespace}"
+                )),
+            );
+        }
+        Err(err) if is_status(&err, 403) => {
+            return Check::fail(
+                name,
+                format!("cannot read PersistentVolumeClaim {namespace}/{claim}: forbidden"),
+                find_rule("", "persistentvolumeclaims", "get").map(|r| rule_fix(r, namespace)),
+            );
+        }
+        Err(err) => {
+            return Check::fail(
+                name,
+                format!("failed to get PersistentVolumeClaim {namespace}/{claim}: {err}"),
+                None,
+            );
+        }
+    };
+    let modes = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.clone())
+        .unwrap_or_default();
+    if !modes.iter().any(|m| m == "ReadWriteMany") {
+        return Check::fail(
+            name,
+            format!(
+                "PersistentVolumeClaim {namespace}/{claim} has access modes [{}], not ReadWriteMany: agent pods on other nodes cannot mount it",
+                modes.join(", ")
+            ),
+            Some(format!(
+                "recreate claim {claim} with `spec.accessModes: [ReadWriteMany]` on a storage class that supports it (NFS, CephFS, EFS, Azure Files, Filestore), and copy the data over"
+            )),
+        );
+    }
+    let phase = pvc.status.as_ref().and_then(|s| s.phase.clone());
+    match phase.as_deref() {
+        Some("Pending" | "Lost") => Check::warn(
+            name,
+            format!(
+                "PersistentVolumeClaim {namespace}/{claim} is ReadWriteMany but {}",
+                phase.as_deref().unwrap_or_default()
+            ),
+            Some(format!(
+                "`kubectl describe pvc -n {namespace} {claim}` says why it is not bound"
+            )),
+        ),
+        _ => Check::pass(
+            name,
+            format!("PersistentVolumeClaim {namespace}/{claim} is ReadWriteMany"),
+        ),
+    }
+}
+
+/// How the inherited pod spec uses one Secret.
+#[derive(Debug, Default)]
+struct SecretUse {
+    uses: Vec<String>,
+    keys: Vec<String>,
+    /// Every use is `optional: true`.
+    optional: bool,
+}
+
+fn secret_uses(pod: &InheritedPod) -> BTreeMap<String, SecretUse> {
+    let mut uses: BTreeMap<String, SecretUse> = BTreeMap::new();
+    let mut add = |name: &str, what: String, key: Option<&str>, optional: bool| {
+        let entry = uses.entry(name.to_owned()).or_insert_with(|| SecretUse {
+            optional: true,
+            ..SecretUse::default()
+        });
+        entry.uses.push(what);
+        entry.keys.extend(key.map(str::to_owned));
+        entry.optional &= optional;
+    };
+    for secret in &pod.image_pull_secrets {
+        add(&secret.name, "imagePullSecrets".to_owned(), None, false);
+    }
+    for volume in &pod.secret_volumes {
+        if let Some(secret) = &volume.secret {
+            let name = secret.secret_name.clone().unwrap_or_default();
+            let optional = secret.optional.unwrap_or(false);
+            add(&name, format!("volume {}", volume.name), None, optional);
+        }
+    }
+    for var in &pod.env {
+        if let Some(sel) = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+        {
+            let optional = sel.optional.unwrap_or(false);
+            add(
+                &sel.name,
+                format!("env {}", var.name),
+                Some(&sel.key),
+                optional,
+            );
+        }
+    }
+    for from in &pod.env_from {
+        if let Some(secret) = &from.secret_ref {
+            let optional = secret.optional.unwrap_or(false);
+            add(&secret.name, "envFrom".to_owned(), None, optional);
+        }
+    }
+    uses
+}
+
+/// Every Secret the inherited pod spec references must exist where the Jobs run, or their pods
+/// stay Pending (`CreateContainerConfigError`, `FailedMount`, `ErrImagePull`).
+async fn secret_checks(client: &kube::Client, namespace: &str, pod: &InheritedPod) -> Vec<Check> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let source_ns = pod.namespace.as_deref().unwrap_or(namespace);
+    let mut checks = Vec::new();
+    for (secret, used) in secret_uses(pod) {
+        let name = format!("secret {secret}");
+        let uses = used.uses.join(", ");
+        let copy = format!(
+            "create Secret {secret} in namespace {namespace} (the agent pods inherit its use: {uses}){}",
+            if source_ns == namespace {
+                String::new()
+            } else {
+                format!(
+                    ", e.g. copy it from {source_ns}: `kubectl get secret -n {source_ns} {secret} -o yaml | sed 's/namespace: {source_ns}/namespace: {namespace}/' | kubectl apply -f -`"
+                )
+            }
+        );
+        let check = match retry("get the Secret", || api.get_opt(&secret)).await {
+            Ok(Some(found)) => {
+                let present = |key: &String| {
+                    found.data.as_ref().is_some_and(|d| d.contains_key(key))
+                        || found
+                            .string_data
+                            .as_ref()
+                            .is_some_and(|d| d.contains_key(key))
+                };
+                let missing: Vec<&String> = used.keys.iter().filter(|key| !present(key)).collect();
+                if missing.is_empty() {
+                    Check::pass(name, format!("Secret {namespace}/{secret} exists ({uses})"))
+                } else {
+                    let keys = missing
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    Check::fail(
+                        name,
+                        format!("Secret {namespace}/{secret} has no key {keys} ({uses})"),
+                        Some(format!("add key {keys} to Secret {namespace}/{secret}")),
+                    )
+                }
+            }
+            Ok(None) if used.optional => Check::warn(
+                name,
+                format!("optional Secret {namespace}/{secret} does not exist ({uses})"),
+                Some(copy),
+            ),
+            Ok(None) => Check::fail(
+                name,
+                format!(
+                    "Secret {namespace}/{secret} does not exist ({uses}); agent pods would stay Pending"
+                ),
+                Some(copy),
+            ),
+            Err(err) if is_status(&err, 403) => Check::warn(
+                name,
+                format!("cannot read Secret {namespace}/{secret}: forbidden"),
+                find_rule("", "secrets", "get").map(|r| rule_fix(r, namespace)),
+            ),
+            Err(err) => Check::fail(
+                name,
+                format!("failed to get Secret {namespace}/{secret}: {err}"),
+                None,
+            ),
+        };
+        checks.push(check);
+    }
+    checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_fix_is_yaml_to_paste_into_the_role() {
+        let rule = find_rule("", "pods/log", "get").expect("in the table");
+        assert_eq!(
+            rule_fix(rule, "agents"),
+            "add this rule to the Role bound to the engine's service account in namespace agents (`opencode-k8s rbac --namespace agents` prints the whole Role):\n- apiGroups: [\"\"]\n  resources: [\"pods/log\"]\n  verbs: [\"get\"]"
+        );
+    }
+
+    #[test]
+    fn checks_serialize_in_camel_case_without_an_empty_fix() {
+        let json = serde_json::to_value(Check::pass("api", "ok")).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"name": "api", "status": "pass", "detail": "ok"})
+        );
+    }
+}
