@@ -1,0 +1,196 @@
+// The built addon driven through createServerAdapter() against the simulated cluster.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { after, before, test } from "node:test";
+import { createServerAdapter } from "../index.js";
+import { CWD, NS, PACKAGE_DIR, context, fixture, startCluster, waitFor } from "./helpers.mjs";
+
+const SESSION = "ses_de2d87857ffeYcorR0xMgtIWlV";
+let cluster;
+let adapter;
+
+before(async () => {
+  cluster = await startCluster();
+  adapter = createServerAdapter({ engine: { selfPodNamespace: NS, selfPodName: "paperclip" } });
+});
+
+after(async () => {
+  await cluster?.stop();
+});
+
+function output(logs) {
+  return logs.map((l) => l.chunk).join("");
+}
+
+function replay(name, rc, before = "cat > /dev/null") {
+  const file = cluster.file(`${name}.jsonl`, fixture(`opencode/${name}.stdout.jsonl`));
+  cluster.opencode(`${before}; cat ${file}; exit ${rc}`);
+}
+
+test("a successful run streams its output and returns session, usage and billing", async () => {
+  replay(
+    "run1",
+    0,
+    [
+      "prompt=$(cat)",
+      'echo "PROMPT: $(printf "%s\\n" "$prompt" | head -n 1)"',
+      'printf "%s\\n" "$prompt" | grep -q "You are agent agent-ok (Echo Agent)" && echo "TEMPLATE: yes"',
+      'echo "ENV: $PAPERCLIP_RUN_ID ${PAPERCLIP_API_KEY:+key-set} $PAPERCLIP_AGENT_ID"',
+    ].join("; "),
+  );
+  const logs = [];
+  const ctx = context(cluster, { runId: "run-ok", agentId: "agent-ok", logs });
+  const result = await adapter.execute(ctx);
+  assert.equal(result.errorMessage, null, output(logs));
+  assert.equal(result.exitCode, 0);
+  assert.equal(result.errorCode, null);
+  assert.equal(result.sessionId, SESSION);
+  assert.deepEqual(result.sessionParams, { sessionId: SESSION, cwd: CWD });
+  assert.equal(result.summary, "Hi! I am the fake model.");
+  assert.equal(result.usageBasis, "per_run");
+  assert.equal(result.provider, "fake");
+  assert.equal(result.model, "fake/fake-model");
+  assert.equal(typeof result.usage.inputTokens, "number");
+  const text = output(logs);
+  assert.ok(text.includes(fixture("opencode/run1.stdout.jsonl")), "the agent's events, whole and in order");
+  assert.match(text, /PROMPT: ## Paperclip Wake Payload/, "the host's wake prompt comes first");
+  assert.match(text, /TEMPLATE: yes/, "the host's heartbeat template reached the pod");
+  assert.match(text, /ENV: run-ok key-set agent-ok/, "PAPERCLIP_* env and the agent token reached the pod");
+  assert.match(text, /\[k8s\] Normal Started pod\//, "Kubernetes events are in the run log");
+  assert.ok(!JSON.stringify(await cluster.jobs()).includes("agent-jwt-for-test"), "the token is not in a Job spec");
+});
+
+test("a failed run returns the exit code and a stable error code", async () => {
+  replay("run7-http500", 1);
+  const result = await adapter.execute(context(cluster, { runId: "run-fail", agentId: "agent-fail" }));
+  assert.equal(result.exitCode, 1);
+  assert.equal(result.errorCode, "llm_api_error");
+  assert.match(result.errorMessage, /fake upstream exploded/);
+});
+
+test("an invalid config fails with config_invalid and creates nothing", async () => {
+  const before = (await cluster.jobs()).length;
+  const result = await adapter.execute(
+    context(cluster, { runId: "run-bad", agentId: "agent-bad", config: { model: "no-slash", cpu: "x" } }),
+  );
+  assert.equal(result.errorCode, "config_invalid");
+  assert.match(result.errorMessage, /model/);
+  assert.equal((await cluster.jobs()).length, before);
+});
+
+test("aborting the signal cancels the run, acknowledges it and deletes the Job", async () => {
+  cluster.opencode('cat > /dev/null; echo "working"; exec sleep 300');
+  const controller = new AbortController();
+  const logs = [];
+  const ctx = context(cluster, { runId: "run-cancel", agentId: "agent-cancel", logs, signal: controller.signal });
+  const running = adapter.execute(ctx);
+  await waitFor("the agent's first output", () => output(logs).includes("working"));
+  controller.abort();
+  const result = await running;
+  assert.equal(result.errorCode, "cancelled");
+  assert.equal(result.resultJson.executionCancellation.state, "acknowledged");
+  assert.ok(Date.parse(result.resultJson.executionCancellation.acknowledgedAt));
+  const jobName = result.resultJson.jobName;
+  assert.ok(jobName, JSON.stringify(result));
+  await waitFor("the Job to be gone", async () => !(await cluster.jobs()).some((j) => j.metadata.name === jobName));
+});
+
+test("a signal aborted before execute creates no Job", async () => {
+  const controller = new AbortController();
+  controller.abort();
+  const before = (await cluster.jobs()).length;
+  const result = await adapter.execute(
+    context(cluster, { runId: "run-pre-abort", agentId: "agent-pre-abort", signal: controller.signal }),
+  );
+  assert.equal(result.errorCode, "cancelled");
+  assert.equal(result.resultJson.executionCancellation.state, "acknowledged");
+  assert.equal((await cluster.jobs()).length, before);
+});
+
+test("two runs of one agent: the second waits for the first", async () => {
+  cluster.opencode('cat > /dev/null; echo "start $PAPERCLIP_RUN_ID"; sleep 1; echo "end $PAPERCLIP_RUN_ID"');
+  const order = [];
+  const track = (ctx) => {
+    ctx.onLog = async (_stream, chunk) => {
+      for (const line of chunk.split("\n")) if (/^(start|end) /.test(line)) order.push(line);
+    };
+    return ctx;
+  };
+  const [first, second] = await Promise.all([
+    adapter.execute(track(context(cluster, { runId: "run-a", agentId: "agent-busy" }))),
+    adapter.execute(track(context(cluster, { runId: "run-b", agentId: "agent-busy" }))),
+  ]);
+  assert.equal(first.errorMessage, null);
+  assert.equal(second.errorMessage, null);
+  assert.equal(order.length, 4, order.join(" | "));
+  assert.equal(order[0].split(" ")[1], order[1].split(" ")[1], `one run at a time: ${order.join(" | ")}`);
+});
+
+test("a Job left running by an earlier adapter process is adopted, its output delivered once", async () => {
+  const lines = Array.from({ length: 40 }, (_, i) => `line ${i}`);
+  cluster.opencode(`cat > /dev/null; for i in $(seq 0 39); do echo "line $i"; sleep 0.05; done`);
+  await fetch(`${cluster.url}/_testkit/requests/reset`, { method: "POST" });
+  const ctx = context(cluster, { runId: "run-before-restart", agentId: "agent-restart", taskKey: "task-7" });
+  // The earlier Paperclip process: started the run, then died without cleaning up.
+  const child = spawn(process.execPath, [`${PACKAGE_DIR}/test/run-in-child.mjs`], {
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  child.stdin.end(JSON.stringify({ ...ctx, signal: undefined, onLog: undefined, onCancellationReady: undefined }));
+  let childOut = "";
+  child.stdout.on("data", (d) => (childOut += d));
+  await waitFor("the first run's output", () => childOut.includes("line 1"));
+  child.kill("SIGKILL");
+  await new Promise((resolve) => child.once("exit", resolve));
+
+  const logs = [];
+  const next = context(cluster, { runId: "run-after-restart", agentId: "agent-restart", taskKey: "task-7", logs });
+  const result = await adapter.execute(next);
+  assert.equal(result.errorMessage, null, output(logs));
+  const seen = output(logs)
+    .split("\n")
+    .filter((l) => l.startsWith("line "));
+  assert.deepEqual(seen, lines, "the adopted Job's whole output, once");
+  assert.match(output(logs), /reattaching/);
+  const counts = await (await fetch(`${cluster.url}/_testkit/requests`)).json();
+  assert.equal(JSON.stringify(counts).match(/"create jobs":\s*(\d+)/)?.[1], "1", JSON.stringify(counts));
+});
+
+test("a panic inside the engine becomes a failed run, and the host process lives on", async () => {
+  replay("run1", 0);
+  process.env.OPENCODE_K8S_TEST_PANIC_RUN_ID = "run-panic";
+  try {
+    const result = await adapter.execute(context(cluster, { runId: "run-panic", agentId: "agent-panic" }));
+    assert.equal(result.errorCode, "adapter_internal");
+    assert.match(result.errorMessage, /panic provoked/);
+  } finally {
+    delete process.env.OPENCODE_K8S_TEST_PANIC_RUN_ID;
+  }
+  const after = await adapter.execute(context(cluster, { runId: "run-after-panic", agentId: "agent-after-panic" }));
+  assert.equal(after.errorMessage, null, "the engine still runs");
+});
+
+test("a throwing onLog loses its events, not the run or the host", async () => {
+  replay("run1", 0);
+  const ctx = context(cluster, { runId: "run-bad-log", agentId: "agent-bad-log" });
+  ctx.onLog = () => {
+    throw new Error("log sink down");
+  };
+  const result = await adapter.execute(ctx);
+  assert.equal(result.errorMessage, null);
+  assert.equal(result.sessionId, SESSION);
+});
+
+test("testEnvironment passes against a reachable cluster and fails on a bad config", async () => {
+  const ok = await adapter.testEnvironment({
+    companyId: "c",
+    adapterType: "opencode_k8s",
+    config: { model: "fake/fake-model", kubeconfig: cluster.kubeconfig },
+  });
+  assert.notEqual(ok.status, "fail", JSON.stringify(ok, null, 1));
+  assert.ok(ok.checks.length > 5, "the doctor's checks, one per RBAC rule among them");
+  for (const c of ok.checks) assert.ok(["info", "warn", "error"].includes(c.level) && c.code && c.message);
+  const bad = await adapter.testEnvironment({ companyId: "c", adapterType: "opencode_k8s", config: {} });
+  assert.equal(bad.status, "fail");
+  assert.equal(bad.checks[0].code, "config_invalid");
+  assert.match(bad.checks[0].detail, /model/);
+});
