@@ -4,6 +4,7 @@
 //! stable error code and exit status ([`exit_status`], the table in `--help`).
 
 mod cluster;
+mod demo;
 mod doctor;
 mod gc;
 mod jobs;
@@ -53,6 +54,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Try it on this machine: one agent turn on a simulated cluster with a fake LLM, live.
+    Demo(demo::Args),
     /// Run one agent turn as a Kubernetes Job, streaming its output; Ctrl-C cancels it.
     Run(run::Args),
     /// Check that runs can work here: API, Paperclip pod, namespace, RBAC, shared volume,
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Demo(args) => demo::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Doctor(args) => doctor::run(&args).await,
         Command::Jobs(args) => jobs::run(&args).await.map(success),

@@ -449,12 +449,16 @@ pub fn render(
         name: CONTAINER_NAME.into(),
         image: Some(image),
         image_pull_policy: Some(config.image_pull_policy.as_str().into()),
-        // `sh` only redirects stdin; user data is passed as positional arguments, never quoted
-        // into the script. The prompt goes on stdin: as an argument it reaches the model quoted.
+        // `sh` only creates the session database's directory (OpenCode does not, and fails with
+        // "unable to open database file") and redirects stdin; user data is passed as positional
+        // arguments, never quoted into the script. The prompt goes on stdin: as an argument it
+        // reaches the model quoted.
         command: Some(vec![
             "sh".into(),
             "-c".into(),
-            format!("exec \"$@\" < {SECRET_MOUNT}/{PROMPT_KEY}"),
+            format!(
+                "mkdir -p \"${{OPENCODE_DB%/*}}\" && exec \"$@\" < {SECRET_MOUNT}/{PROMPT_KEY}"
+            ),
             "opencode".into(),
         ]),
         args: Some(args),

@@ -5,6 +5,7 @@ mod faults;
 mod fixtures;
 mod kube_client;
 mod lifecycle;
+mod llm;
 mod scale;
 mod semantics;
 
