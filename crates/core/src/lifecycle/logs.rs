@@ -398,8 +398,10 @@ async fn read_connection(
         let read = tokio::select! {
             () = cancel.cancelled() => return Err(ReadFailure::Cancelled),
             read = reader.fill_buf() => read.map(|buf| {
-                lines.feed(buf, cursor, &mut chunk);
-                buf.len()
+                let take = buf.len().min(MAX_CHUNK);
+                chunk.reserve(take);
+                lines.feed(&buf[..take], cursor, &mut chunk);
+                take
             }),
         };
         let result = match read {
@@ -432,6 +434,10 @@ async fn read_connection(
         }
     }
 }
+
+/// Most bytes taken from the stream per chunk: bounds the memory a run holds in flight
+/// (chunks queued for the sink) whatever the size of the frames the server sends.
+const MAX_CHUNK: usize = 16 * 1024;
 
 /// Pause between connections that deliver nothing: 50 ms doubling to 2 s.
 #[derive(Debug)]

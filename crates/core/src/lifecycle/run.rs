@@ -301,7 +301,9 @@ impl<'a> Run<'a> {
                 chunk = follow.next_chunk() => match chunk {
                     Some(Chunk { bytes, checkpoint }) => {
                         follow.parser.feed(&bytes);
-                        let text = String::from_utf8_lossy(&bytes).into_owned();
+                        let text = String::from_utf8(bytes).unwrap_or_else(|err| {
+                            String::from_utf8_lossy(err.as_bytes()).into_owned()
+                        });
                         self.sink.emit(RunEvent::Output { text, checkpoint }).await;
                     }
                     None => follow.logs_ended().await,
@@ -527,7 +529,7 @@ impl Follow {
     }
 
     fn start_logs(&mut self, pods: Api<Pod>, pod: String) {
-        let (tx, rx) = mpsc::channel::<Chunk>(8);
+        let (tx, rx) = mpsc::channel::<Chunk>(1);
         let state = self.state_tx.subscribe();
         let cancel = self.log_cancel.clone();
         let mut cursor = std::mem::take(&mut self.cursor);
