@@ -11,10 +11,12 @@ use kube::Api;
 use kube::api::{ListParams, LogParams};
 use kube::runtime::wait::await_condition;
 use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::RunError;
+use opencode_k8s_core::lifecycle::{RunError, follow_pod_output};
 use opencode_k8s_core::manifest::{ATTEMPT_ANNOTATION, CONTAINER_NAME, run_selector};
+use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterArgs, api_error};
+use crate::run::Printer;
 
 /// How long `--follow` waits for a pending pod to start.
 const START_WAIT: Duration = Duration::from_secs(600);
@@ -55,7 +57,17 @@ fn attempt(job: &Job) -> u32 {
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let (client, namespace) = args.cluster.connect().await?;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-    let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    // Ctrl-C stops following; the Job goes on.
+    let cancel = CancellationToken::new();
+    if args.follow {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
     let params = ListParams::default().labels(&run_selector(&args.run_id));
     let mut listed = jobs
         .list(&params)
@@ -96,11 +108,14 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
             eprintln!("[opencode-k8s] Job {namespace}/{name} has no pod (yet, or any more)");
             continue;
         };
-        let follow = args.follow && i == last;
-        if follow {
+        if args.follow && i == last {
             wait_for_start(&pods, &pod).await?;
+            // The engine's own follower: reconnects when the kubelet or the network drops the
+            // stream, without losing or repeating a line.
+            follow_pod_output(&client, &namespace, &pod, &Printer::plain(), &cancel).await?;
+        } else {
+            print_log(&pods, &pod).await?;
         }
-        print_log(&pods, &pod, follow).await?;
     }
     Ok(())
 }
@@ -155,12 +170,11 @@ async fn wait_for_start(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Copy one pod's log to stdout as it arrives, bytes as they are (a last line without a
-/// newline stays without one).
-async fn print_log(pods: &Api<Pod>, pod: &str, follow: bool) -> anyhow::Result<()> {
+/// Copy one pod's log to stdout, bytes as they are (a last line without a newline stays without
+/// one).
+async fn print_log(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
     let params = LogParams {
         container: Some(CONTAINER_NAME.to_owned()),
-        follow,
         ..LogParams::default()
     };
     let mut stream = pods

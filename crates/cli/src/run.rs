@@ -365,13 +365,21 @@ impl Progress {
 }
 
 /// Prints a run's events as they come.
-struct Printer {
+pub(crate) struct Printer {
     /// `--json`: stdout is reserved for the result.
     output_to_stderr: bool,
     progress: Option<Arc<Progress>>,
 }
 
 impl Printer {
+    /// Output to stdout, notices to stderr, no progress line (`logs --follow`).
+    pub(crate) fn plain() -> Self {
+        Self {
+            output_to_stderr: false,
+            progress: None,
+        }
+    }
+
     fn clear_progress(&self) {
         if let Some(progress) = &self.progress {
             progress.finish();

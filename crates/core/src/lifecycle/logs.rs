@@ -20,6 +20,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::LogParams;
 use tokio::sync::{mpsc, watch};
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::result::RunError;
+use crate::error_code::ErrorCode;
+use crate::event::{RunEvent, RunSink};
+use crate::manifest::CONTAINER_NAME;
 use tokio_util::sync::CancellationToken;
 
 /// What the engine knows about the container whose log it follows, fed by the pod watch.
@@ -366,6 +374,83 @@ pub(crate) async fn follow(
             _ = state.changed() => {},
         }
     }
+}
+
+/// Tell the follower what the pod watch saw; once the pod is gone it stays gone.
+pub(crate) fn set_state(tx: &watch::Sender<ContainerState>, state: ContainerState) {
+    tx.send_if_modified(|current| {
+        let changed = *current != state && *current != ContainerState::Gone;
+        if changed {
+            *current = state;
+        }
+        changed
+    });
+}
+
+/// Deliver the output of one agent pod to `sink` exactly once, following it until its container
+/// has ended (or the pod is gone): the engine's own follower, for tools outside a run such as
+/// `opencode-k8s logs --follow`. The pod's state comes from a watch of that one pod.
+pub async fn follow_pod_output(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    sink: &dyn RunSink,
+    cancel: &CancellationToken,
+) -> Result<(), RunError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let (state_tx, state_rx) = watch::channel(ContainerState::Waiting);
+    let config = watcher::Config::default().fields(&format!("metadata.name={pod}"));
+    let mut states = watcher(pods.clone(), config).default_backoff().boxed();
+    let (tx, mut rx) = mpsc::channel::<Chunk>(1);
+    let mut cursor = LogCursor::default();
+    let mut seen = false;
+    let finished = {
+        let follower = follow(
+            &pods,
+            pod,
+            CONTAINER_NAME,
+            &mut cursor,
+            state_rx,
+            cancel,
+            &tx,
+        );
+        tokio::pin!(follower);
+        loop {
+            tokio::select! {
+                finished = &mut follower => break finished,
+                Some(chunk) = rx.recv() => {
+                    let text = String::from_utf8_lossy(&chunk.bytes).into_owned();
+                    sink.emit(RunEvent::Output { text, checkpoint: chunk.checkpoint }).await;
+                }
+                Some(event) = states.next() => {
+                    let state = match event {
+                        Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                            seen = true;
+                            Some(super::status::container_state(&p, CONTAINER_NAME))
+                        }
+                        Ok(watcher::Event::Delete(_)) => Some(ContainerState::Gone),
+                        Ok(watcher::Event::InitDone) if !seen => Some(ContainerState::Gone),
+                        _ => None,
+                    };
+                    if let Some(state) = state {
+                        set_state(&state_tx, state);
+                    }
+                }
+            }
+        }
+    };
+    drop(tx);
+    while let Some(chunk) = rx.recv().await {
+        let text = String::from_utf8_lossy(&chunk.bytes).into_owned();
+        sink.emit(RunEvent::Output {
+            text,
+            checkpoint: chunk.checkpoint,
+        })
+        .await;
+    }
+    finished
+        .map(drop)
+        .map_err(|err| RunError::new(ErrorCode::K8sForbidden, err.to_string()))
 }
 
 enum ReadFailure {

@@ -29,6 +29,7 @@ pub use self::cluster::{ClientCache, ClusterError, ClusterSource};
 pub use self::doctor::{Check, CheckStatus, DoctorReport, DoctorTarget, doctor};
 pub use self::gc::{Collected, GcReport, gc};
 pub use self::introspect::SelfPod;
+pub use self::logs::follow_pod_output;
 pub use self::result::{RunError, RunResult, RunStatus, SessionParams};
 use crate::config::AgentConfig;
 use crate::event::RunSink;

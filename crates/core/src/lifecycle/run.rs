@@ -564,13 +564,7 @@ impl Follow {
             self.exit = Some(exit);
             self.settle_from.get_or_insert_with(Instant::now);
         }
-        self.state_tx.send_if_modified(|current| {
-            let changed = *current != state && *current != ContainerState::Gone;
-            if changed {
-                *current = state;
-            }
-            changed
-        });
+        logs::set_state(&self.state_tx, state);
         if self.blocker.is_none() {
             self.blocker = status::pod_blocker(pod, CONTAINER_NAME);
         }

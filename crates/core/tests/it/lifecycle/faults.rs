@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opencode_k8s_core::event::RunEvent;
-use opencode_k8s_core::lifecycle::{Bounds, RunStatus};
+use opencode_k8s_core::lifecycle::{Bounds, RunStatus, follow_pod_output};
 use opencode_k8s_testkit::{LogCut, Verb};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -239,4 +239,57 @@ async fn refused_connections_mid_run_are_ridden_out() {
     let result = result.unwrap();
     assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
     assert_eq!(sink.output(), expected);
+}
+
+#[tokio::test]
+async fn following_a_pod_from_outside_a_run_is_exactly_once_through_cuts() {
+    let h = Harness::start().await;
+    let expected = numbered(&h, 400);
+    h.cluster
+        .faults()
+        .cut_logs(LogCut::Every(Duration::from_millis(100)));
+    let config = h.config(json!({}));
+    let engine = h.engine(Bounds::default());
+    let run_sink = Collect::default();
+    let run = engine.run(
+        request("run-watched", "agent-1"),
+        &config,
+        &run_sink,
+        CancellationToken::new(),
+    );
+    let watcher = async {
+        let pod = loop {
+            let pods = h
+                .cluster
+                .list_json(opencode_k8s_testkit::Resource::Pods, Some(super::NS));
+            if let Some(name) = pods
+                .iter()
+                .filter_map(|p| p["metadata"]["name"].as_str())
+                .find(|name| name.starts_with("oc-"))
+            {
+                break name.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(h.cluster.kubeconfig_path()).unwrap(),
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let sink = Collect::default();
+        follow_pod_output(&client, super::NS, &pod, &sink, &CancellationToken::new())
+            .await
+            .unwrap();
+        sink.output()
+    };
+    let (result, followed) = tokio::join!(run, watcher);
+    assert_eq!(result.unwrap().status, RunStatus::Succeeded);
+    assert_eq!(
+        followed, expected,
+        "the whole output, once, despite the cuts"
+    );
 }
