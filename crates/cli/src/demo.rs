@@ -470,6 +470,8 @@ fn print_job(cluster: &Cluster, result: &RunResult, say: &Say) {
             let name = e["name"].as_str().unwrap_or_default();
             match e["valueFrom"]["secretKeyRef"]["name"].as_str() {
                 Some(secret) => format!("{name} (from Secret {secret})"),
+                // A server-only variable masked over the Paperclip container's envFrom.
+                None if e["value"] == "" => format!("{name} (withheld)"),
                 None => name.to_owned(),
             }
         })
