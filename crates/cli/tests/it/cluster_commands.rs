@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::sim::{NS, POD, Sim, fixture};
+use crate::sim::{NS, POD, Sim, fixture, run_args};
 use crate::{stderr, stdout};
 
 /// Every run of digits followed by `s` at the end of a line (the AGE column) as `<age>`.
@@ -31,20 +31,19 @@ async fn jobs_logs_and_gc_of_a_retained_job() {
     let config = sim.config(json!({"retainJobs": true}));
     let config = config.to_str().unwrap();
     let out = sim
-        .cli(&[
-            "run",
-            "--config",
+        .cli(&run_args(
             config,
-            "--prompt",
             "Say hi.",
-            "--pod",
-            POD,
-            "--run-id",
-            "run-kept",
-            "--agent-name",
-            "Kept Agent",
-            "--json",
-        ])
+            &[
+                "--pod",
+                POD,
+                "--run-id",
+                "run-kept",
+                "--agent-name",
+                "Kept Agent",
+                "--json",
+            ],
+        ))
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let job = serde_json::from_str::<Value>(&stdout(&out)).unwrap()["jobName"]
@@ -149,17 +148,11 @@ async fn logs_follow_streams_a_running_job_to_its_end() {
     let config = sim.config(json!({}));
     let config = config.to_str().unwrap();
     let mut run = sim
-        .command(&[
-            "run",
-            "--config",
+        .command(&run_args(
             config,
-            "--prompt",
             "hi",
-            "--pod",
-            POD,
-            "--run-id",
-            "run-follow",
-        ])
+            &["--pod", POD, "--run-id", "run-follow"],
+        ))
         .spawn()
         .unwrap();
     let mut run_out = BufReader::new(run.stdout.take().unwrap()).lines();

@@ -1,6 +1,7 @@
 //! `opencode-k8s run` against the simulated cluster: live output, the result as text and JSON,
 //! exit statuses from error codes, and Ctrl-C cancelling the run and deleting its Job.
 
+use std::process::Output;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -9,29 +10,30 @@ use opencode_k8s_testkit::Resource;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::sim::{NS, POD, Sim, fixture};
+use crate::sim::{NS, POD, Sim, fixture, run_args};
 use crate::{stderr, stdout};
 
 const SESSION: &str = "ses_de2d87857ffeYcorR0xMgtIWlV";
+
+/// Runs `opencode-k8s run` to its end with an agent config of `extra` over the defaults,
+/// `prompt` and `more` arguments.
+async fn run(sim: &Sim, extra: Value, prompt: &str, more: &[&str]) -> Output {
+    let config = sim.config(extra);
+    sim.cli(&run_args(config.to_str().unwrap(), prompt, more))
+        .await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_the_output_and_prints_the_result() {
     let sim = Sim::start().await;
     sim.replay("run1", 0);
-    let config = sim.config(json!({}));
-    let out = sim
-        .cli(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--prompt",
-            "Say hi.",
-            "--pod",
-            POD,
-            "--cwd",
-            "/paperclip/workspaces/project",
-        ])
-        .await;
+    let out = run(
+        &sim,
+        json!({}),
+        "Say hi.",
+        &["--pod", POD, "--cwd", "/paperclip/workspaces/project"],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, fixture("opencode/run1.stdout.jsonl"));
     let err = stderr(&out);
@@ -65,21 +67,13 @@ async fn run_streams_the_output_and_prints_the_result() {
 async fn json_prints_only_the_result_on_stdout() {
     let sim = Sim::start().await;
     sim.replay("run1", 0);
-    let config = sim.config(json!({}));
-    let out = sim
-        .cli(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--prompt",
-            "Say hi.",
-            "--pod",
-            POD,
-            "--run-id",
-            "run-json",
-            "--json",
-        ])
-        .await;
+    let out = run(
+        &sim,
+        json!({}),
+        "Say hi.",
+        &["--pod", POD, "--run-id", "run-json", "--json"],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let result: Value = serde_json::from_str(&stdout(&out)).expect("stdout is one JSON document");
     assert_eq!(result["status"], "succeeded");
@@ -103,19 +97,7 @@ async fn json_prints_only_the_result_on_stdout() {
 async fn a_failed_run_exits_with_the_status_of_its_error_code() {
     let sim = Sim::start().await;
     sim.opencode("cat > /dev/null; echo 'Error: something broke' >&2; exit 3");
-    let config = sim.config(json!({}));
-    let out = sim
-        .cli(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--prompt",
-            "Say hi.",
-            "--pod",
-            POD,
-            "--json",
-        ])
-        .await;
+    let out = run(&sim, json!({}), "Say hi.", &["--pod", POD, "--json"]).await;
     let result: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(result["status"], "failed");
     assert_eq!(result["errorCode"], "opencode_failed");
@@ -126,16 +108,7 @@ async fn a_failed_run_exits_with_the_status_of_its_error_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_creates_nothing_and_exits_2() {
     let sim = Sim::start().await;
-    let config = sim.config(json!({"timeoutSec": "soon"}));
-    let out = sim
-        .cli(&[
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ])
-        .await;
+    let out = run(&sim, json!({"timeoutSec": "soon"}), "hi", &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("timeoutSec"), "{}", stderr(&out));
     assert!(stderr(&out).ends_with("code: config_invalid\n"));
@@ -148,17 +121,11 @@ async fn ctrl_c_cancels_the_run_and_deletes_its_job() {
     sim.opencode("cat > /dev/null; echo started; exec sleep 300");
     let config = sim.config(json!({}));
     let mut child = sim
-        .command(&[
-            "run",
-            "--config",
+        .command(&run_args(
             config.to_str().unwrap(),
-            "--prompt",
             "Work for a long time.",
-            "--pod",
-            POD,
-            "--run-id",
-            "run-ctrl-c",
-        ])
+            &["--pod", POD, "--run-id", "run-ctrl-c"],
+        ))
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -120,6 +120,14 @@ impl Sim {
     }
 }
 
+/// The arguments of `opencode-k8s run` with the agent config file `config` and `prompt`, then
+/// `more`.
+pub(crate) fn run_args<'a>(config: &'a str, prompt: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--config", config, "--prompt", prompt];
+    args.extend_from_slice(more);
+    args
+}
+
 pub(crate) fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))

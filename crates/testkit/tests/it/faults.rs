@@ -13,14 +13,39 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use opencode_k8s_testkit::{LogCut, Resource, Verb};
 use serde_json::{Value, json};
 
-use crate::{WAIT, demo_job, job_condition, kube_client, pod_of, raw, start, start_with};
+use crate::{
+    WAIT, create_job, demo_job, get, job_condition, kube_client, pod_log, pod_name_of, pod_of,
+    post, raw, start, start_with, unschedulable_pod, waiting_reason,
+};
 
-const JOBS: &str = "/apis/batch/v1/namespaces/capture/jobs";
+/// The name of the next object a watcher stream yields.
+async fn next_name<S>(stream: &mut S) -> Option<String>
+where
+    S: futures::Stream<Item = Result<Secret, watcher::Error>> + Unpin,
+{
+    let secret = tokio::time::timeout(WAIT, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    secret.metadata.name
+}
 
-fn waiting(pod: Option<&Value>) -> Option<String> {
-    pod?["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-        .as_str()
-        .map(str::to_owned)
+/// Follows a pod's log with timestamps, from `since_time` if given, until the stream ends.
+async fn follow(pods: &Api<Pod>, name: &str, since_time: Option<jiff::Timestamp>) -> Vec<String> {
+    let params = LogParams {
+        follow: true,
+        timestamps: true,
+        since_time,
+        ..LogParams::default()
+    };
+    pods.log_stream(name, &params)
+        .await
+        .unwrap()
+        .lines()
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -68,13 +93,8 @@ async fn closed_watches_are_reopened_by_the_watcher() {
         .create(&PostParams::default(), &make("before"))
         .await
         .unwrap();
-    let first = tokio::time::timeout(WAIT, stream.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        first.metadata.name.as_deref(),
+        next_name(&mut stream).await.as_deref(),
         Some("before"),
         "from the initial list"
     );
@@ -82,13 +102,8 @@ async fn closed_watches_are_reopened_by_the_watcher() {
         .create(&PostParams::default(), &make("watched"))
         .await
         .unwrap();
-    let watched = tokio::time::timeout(WAIT, stream.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        watched.metadata.name.as_deref(),
+        next_name(&mut stream).await.as_deref(),
         Some("watched"),
         "through the open watch"
     );
@@ -97,13 +112,8 @@ async fn closed_watches_are_reopened_by_the_watcher() {
         .create(&PostParams::default(), &make("after"))
         .await
         .unwrap();
-    let next = tokio::time::timeout(WAIT, stream.try_next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
     assert_eq!(
-        next.metadata.name.as_deref(),
+        next_name(&mut stream).await.as_deref(),
         Some("after"),
         "nothing lost across the reconnect"
     );
@@ -149,36 +159,15 @@ async fn cut_logs_end_follow_streams_while_the_container_keeps_running() {
     let client = kube_client(&cluster).await;
     let pods: Api<Pod> = Api::namespaced(client, "capture");
     let script = "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.2; done";
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("ticks", script)),
-    )
-    .await;
-    let pod = pod_of(&cluster, "capture", "ticks").await;
-    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    create_job(&cluster, demo_job("ticks", script)).await;
+    let name = pod_name_of(&cluster, "capture", "ticks").await;
     cluster
         .wait_for(Resource::Pods, "capture", &name, WAIT, |p| {
             p.is_some_and(|p| p["status"]["phase"] == "Running")
         })
         .await
         .unwrap();
-    let params = LogParams {
-        follow: true,
-        timestamps: true,
-        ..LogParams::default()
-    };
-    let lines: Vec<String> = pods
-        .log_stream(&name, &params)
-        .await
-        .unwrap()
-        .lines()
-        .try_collect()
-        .await
-        .unwrap();
+    let lines = follow(&pods, &name, None).await;
     assert_eq!(lines.len(), 2, "{lines:?}");
     let phase =
         cluster.get_json(Resource::Pods, "capture", &name).unwrap()["status"]["phase"].clone();
@@ -191,20 +180,7 @@ async fn cut_logs_end_follow_streams_while_the_container_keeps_running() {
         .0
         .parse::<jiff::Timestamp>()
         .unwrap();
-    let params = LogParams {
-        follow: true,
-        timestamps: true,
-        since_time: Some(last),
-        ..LogParams::default()
-    };
-    let rest: Vec<String> = pods
-        .log_stream(&name, &params)
-        .await
-        .unwrap()
-        .lines()
-        .try_collect()
-        .await
-        .unwrap();
+    let rest = follow(&pods, &name, Some(last)).await;
     assert!(rest.last().unwrap().ends_with("tick-6"), "{rest:?}");
     assert_eq!(cluster.requests().get(Verb::Follow, "pods/log"), 2);
 }
@@ -220,12 +196,11 @@ async fn image_pull_failure_goes_to_backoff_and_the_job_has_no_condition() {
     let mut job = demo_job("imagepull", "echo never");
     job["spec"]["template"]["spec"]["containers"][0]["image"] =
         "docker.io/local/does-not-exist:1".into();
-    raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
-    let pod = pod_of(&cluster, "capture", "imagepull").await;
-    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    create_job(&cluster, job).await;
+    let name = pod_name_of(&cluster, "capture", "imagepull").await;
     cluster
         .wait_for(Resource::Pods, "capture", &name, WAIT, |p| {
-            waiting(p).as_deref() == Some("ImagePullBackOff")
+            waiting_reason(p).as_deref() == Some("ImagePullBackOff")
         })
         .await
         .unwrap();
@@ -252,15 +227,7 @@ async fn scripted_pods_get_oom_killed_or_exit_with_the_given_code() {
     cluster.faults().oom_after("oom", "allocating\n");
     cluster.faults().exit_with("seven", "out-1\nout-2\n", 7);
     for name in ["oom", "seven"] {
-        raw(
-            &cluster,
-            "POST",
-            JOBS,
-            None,
-            "application/json",
-            Some(demo_job(name, "echo not-this")),
-        )
-        .await;
+        create_job(&cluster, demo_job(name, "echo not-this")).await;
     }
     let failed = job_condition(&cluster, "capture", "oom", "Failed").await;
     assert_eq!(
@@ -279,15 +246,7 @@ async fn scripted_pods_get_oom_killed_or_exit_with_the_given_code() {
         7
     );
     let name = pod["metadata"]["name"].as_str().unwrap();
-    let log = raw(
-        &cluster,
-        "GET",
-        &format!("/api/v1/namespaces/capture/pods/{name}/log"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let log = pod_log(&cluster, name).await;
     assert_eq!(&log.body[..], b"out-1\nout-2\n");
 }
 
@@ -296,15 +255,7 @@ async fn latency_delays_every_request() {
     let cluster = start().await;
     cluster.faults().latency(Duration::from_millis(200));
     let started = tokio::time::Instant::now();
-    raw(
-        &cluster,
-        "GET",
-        "/api/v1/namespaces/capture",
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    get(&cluster, "/api/v1/namespaces/capture").await;
     assert!(started.elapsed() >= Duration::from_millis(200));
     cluster.faults().latency(Duration::ZERO);
 }
@@ -315,7 +266,7 @@ async fn control_endpoint_drives_the_same_faults_and_counters() {
     let control = |path: &str, body: Value| {
         let cluster = &cluster;
         let path = format!("/_testkit/{path}");
-        async move { raw(cluster, "POST", &path, None, "application/json", Some(body)).await }
+        async move { post(cluster, &path, body).await }
     };
     assert_eq!(
         control(
@@ -326,42 +277,13 @@ async fn control_endpoint_drives_the_same_faults_and_counters() {
         .code,
         200
     );
-    let failed = raw(
-        &cluster,
-        "GET",
-        "/api/v1/namespaces/capture",
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let failed = get(&cluster, "/api/v1/namespaces/capture").await;
     assert_eq!(failed.code, 500);
     assert_eq!(failed.json()["reason"], "InternalError");
-    let counts = raw(
-        &cluster,
-        "GET",
-        "/_testkit/requests",
-        None,
-        "application/json",
-        None,
-    )
-    .await
-    .json();
+    let counts = get(&cluster, "/_testkit/requests").await.json();
     assert_eq!(counts["get namespaces"], 1);
     control("requests/reset", json!({})).await;
-    assert_eq!(
-        raw(
-            &cluster,
-            "GET",
-            "/_testkit/requests",
-            None,
-            "application/json",
-            None
-        )
-        .await
-        .json(),
-        json!({})
-    );
+    assert_eq!(get(&cluster, "/_testkit/requests").await.json(), json!({}));
 
     control("users", json!({"token": "t", "name": "reader", "rules": [{"verbs": ["get"], "resources": ["namespaces"]}]})).await;
     assert_eq!(
@@ -399,15 +321,7 @@ async fn control_endpoint_drives_the_same_faults_and_counters() {
     control("faults/cut-logs", json!({"afterLines": 1})).await;
     control("faults/latency", json!({"ms": 0})).await;
     control("faults/close-watches", json!({})).await;
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("scripted", "echo no")),
-    )
-    .await;
+    create_job(&cluster, demo_job("scripted", "echo no")).await;
     job_condition(&cluster, "capture", "scripted", "Failed").await;
     let pod = pod_of(&cluster, "capture", "scripted").await;
     assert_eq!(
@@ -416,26 +330,9 @@ async fn control_endpoint_drives_the_same_faults_and_counters() {
     );
     control("faults/unschedulable", json!({"pods": "stuck"})).await;
     control("faults/image-pull", json!({"pattern": "nothing-matches"})).await;
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("stuck", "echo no")),
-    )
-    .await;
-    let stuck = pod_of(&cluster, "capture", "stuck").await;
-    cluster
-        .wait_for(
-            Resource::Pods,
-            "capture",
-            stuck["metadata"]["name"].as_str().unwrap(),
-            WAIT,
-            |p| p.is_some_and(|p| p["status"]["conditions"][0]["reason"] == "Unschedulable"),
-        )
-        .await
-        .unwrap();
+    create_job(&cluster, demo_job("stuck", "echo no")).await;
+    let stuck = pod_name_of(&cluster, "capture", "stuck").await;
+    unschedulable_pod(&cluster, &stuck).await;
     assert_eq!(control("faults/clear", json!({})).await.code, 200);
     assert_eq!(
         control("faults/refuse-connections", json!({"ms": 1}))

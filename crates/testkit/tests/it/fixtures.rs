@@ -1,12 +1,14 @@
 //! Raw HTTP against kube-sim compared with responses captured from kube-apiserver v1.36: the
 //! same status codes and the same `Status` bodies or object shapes.
 
-use opencode_k8s_testkit::{Resource, Rule};
+use opencode_k8s_testkit::{Cluster, Resource, Rule};
 use serde_json::{Value, json};
 
-use crate::{WAIT, demo_job, fixture, fixture_code, job_condition, normalize, pod_of, raw, start};
+use crate::{
+    JOBS, create_job, delete, demo_job, fixture, fixture_code, get, job_condition, normalize,
+    pod_of, post, raw, start, wait_gone,
+};
 
-const JOBS: &str = "/apis/batch/v1/namespaces/capture/jobs";
 const SECRETS: &str = "/api/v1/namespaces/capture/secrets";
 
 fn assert_status_like(case: &str, got: &crate::Answer) {
@@ -23,60 +25,42 @@ fn assert_status_like(case: &str, got: &crate::Answer) {
     );
 }
 
+/// The first event with `reason` in an event list.
+fn event<'a>(list: &'a Value, reason: &str) -> Option<&'a Value> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reason"] == reason)
+}
+
+/// The uid of an object's first owner.
+fn owner_uid(object: &Value) -> String {
+    object["metadata"]["ownerReferences"][0]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Creates the Job of fixture 02's request.
+async fn create_demo_job(cluster: &Cluster) -> crate::Answer {
+    create_job(cluster, demo_job("agent-opencode-demo-1", "echo hi")).await
+}
+
 #[tokio::test]
 async fn not_found_and_conflict_match_upstream() {
     let cluster = start().await;
-    let got = raw(
-        &cluster,
-        "GET",
-        "/api/v1/namespaces/does-not-exist",
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let got = get(&cluster, "/api/v1/namespaces/does-not-exist").await;
     assert_status_like("01-get-namespace-missing", &got);
 
-    let created = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
+    let created = create_demo_job(&cluster).await;
     assert_eq!(created.code, fixture_code("02-create-job"));
-    let again = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
+    let again = create_demo_job(&cluster).await;
     assert_status_like("03-create-job-again-conflict", &again);
 
-    let missing = raw(
-        &cluster,
-        "GET",
-        &format!("{JOBS}/nope"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let missing = get(&cluster, &format!("{JOBS}/nope")).await;
     assert_status_like("08-get-job-missing", &missing);
-    let gone = raw(
-        &cluster,
-        "DELETE",
-        &format!("{JOBS}/agent-opencode-demo-5"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let gone = delete(&cluster, &format!("{JOBS}/agent-opencode-demo-5"), None).await;
     assert_status_like("30-delete-job-missing", &gone);
 }
 
@@ -84,15 +68,7 @@ async fn not_found_and_conflict_match_upstream() {
 async fn created_job_has_the_defaults_a_real_server_fills_in() {
     let cluster = start().await;
     cluster.faults().unschedulable("*");
-    let created = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
+    let created = create_demo_job(&cluster).await;
     assert_eq!(created.code, 201);
     let ours = created.json();
     let theirs = fixture("02-create-job.json");
@@ -100,13 +76,9 @@ async fn created_job_has_the_defaults_a_real_server_fills_in() {
     let their_uid = theirs["metadata"]["uid"].as_str().unwrap();
     assert_eq!(normalize(&ours, &uid), normalize(&theirs, their_uid));
 
-    let listed = raw(
+    let listed = get(
         &cluster,
-        "GET",
         &format!("{JOBS}?labelSelector=paperclip.io%2Fagent-id%3Da1"),
-        None,
-        "application/json",
-        None,
     )
     .await;
     assert_eq!(listed.code, fixture_code("09-list-jobs-by-label"));
@@ -119,13 +91,9 @@ async fn created_job_has_the_defaults_a_real_server_fills_in() {
         list["items"][0].get("kind").is_none(),
         "list items carry no kind, like upstream"
     );
-    let none = raw(
+    let none = get(
         &cluster,
-        "GET",
         &format!("{JOBS}?labelSelector=paperclip.io%2Fagent-id%3Dother"),
-        None,
-        "application/json",
-        None,
     )
     .await;
     assert!(none.json()["items"].as_array().unwrap().is_empty());
@@ -134,49 +102,25 @@ async fn created_job_has_the_defaults_a_real_server_fills_in() {
 #[tokio::test]
 async fn validation_errors_match_upstream_word_for_word() {
     let cluster = start().await;
-    let bad_name = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("Agent_Bad_Name", "echo hi")),
-    )
-    .await;
+    let bad_name = create_job(&cluster, demo_job("Agent_Bad_Name", "echo hi")).await;
     assert_status_like("04-create-job-invalid-name", &bad_name);
 
     let mut bad_label = demo_job("agent-opencode-demo-2", "echo hi");
     bad_label["metadata"]["labels"]["paperclip.io/agent-id"] =
         json!(format!("{}/bad", "X".repeat(70)));
-    let got = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(bad_label),
-    )
-    .await;
+    let got = create_job(&cluster, bad_label).await;
     assert_status_like("05-create-job-invalid-label", &got);
 
     let mut bad_quantity = demo_job("agent-opencode-demo-3", "echo hi");
     bad_quantity["spec"]["template"]["spec"]["containers"][0]["resources"] =
         json!({"limits": {"memory": "2Gb"}});
-    let got = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(bad_quantity),
-    )
-    .await;
+    let got = create_job(&cluster, bad_quantity).await;
     assert_status_like("06-create-job-invalid-quantity", &got);
 
     let mut over = demo_job("agent-opencode-demo-4", "echo hi");
     over["spec"]["template"]["spec"]["containers"][0]["resources"] =
         json!({"requests": {"cpu": "4"}, "limits": {"cpu": "1"}});
-    let got = raw(&cluster, "POST", JOBS, None, "application/json", Some(over)).await;
+    let got = create_job(&cluster, over).await;
     assert_status_like("07-create-job-limit-below-request", &got);
     assert!(
         cluster
@@ -278,27 +222,15 @@ async fn authentication_and_authorization_answer_like_rbac() {
 #[tokio::test]
 async fn secrets_fold_string_data_and_take_owner_references_by_merge_patch_only() {
     let cluster = start().await;
-    let job = raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await
-    .json();
+    let job = create_demo_job(&cluster).await.json();
     let job_uid = job["metadata"]["uid"].as_str().unwrap().to_owned();
-    let created = raw(
+    let created = post(
         &cluster,
-        "POST",
         SECRETS,
-        None,
-        "application/json",
-        Some(json!({
+        json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-opencode-demo-1-run"},
             "stringData": {"PAPERCLIP_API_KEY": "tok", "prompt": "hello"},
-        })),
+        }),
     )
     .await;
     assert_eq!(created.code, fixture_code("17-create-secret"));
@@ -330,21 +262,15 @@ async fn secrets_fold_string_data_and_take_owner_references_by_merge_patch_only(
     .await;
     assert_eq!(patched.code, fixture_code("18-merge-patch-secret-owner"));
     let theirs = fixture("18-merge-patch-secret-owner.json");
-    let their_uid = theirs["metadata"]["ownerReferences"][0]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let their_uid = owner_uid(&theirs);
     assert_eq!(
         normalize(&patched.json(), &job_uid),
         normalize(&theirs, &their_uid)
     );
 
-    let deleted = raw(
+    let deleted = delete(
         &cluster,
-        "DELETE",
         &format!("{JOBS}/agent-opencode-demo-1?propagationPolicy=Background"),
-        None,
-        "application/json",
         None,
     )
     .await;
@@ -352,17 +278,14 @@ async fn secrets_fold_string_data_and_take_owner_references_by_merge_patch_only(
     let status = deleted.json();
     assert_eq!(status["status"], "Success");
     assert_eq!(status["details"]["uid"], json!(job_uid));
-    cluster
-        .wait_for(
-            Resource::Secrets,
-            "capture",
-            "agent-opencode-demo-1-run",
-            WAIT,
-            |s| s.is_none(),
-        )
-        .await
-        .unwrap();
-    let after = raw(&cluster, "GET", &path, None, "application/json", None).await;
+    wait_gone(
+        &cluster,
+        Resource::Secrets,
+        "capture",
+        "agent-opencode-demo-1-run",
+    )
+    .await;
+    let after = get(&cluster, &path).await;
     assert_status_like("28-get-secret-after-owner-deleted", &after);
 }
 
@@ -370,22 +293,11 @@ async fn secrets_fold_string_data_and_take_owner_references_by_merge_patch_only(
 async fn foreground_delete_returns_the_marked_job_then_removes_it() {
     let cluster = start().await;
     cluster.faults().unschedulable("*");
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
+    create_demo_job(&cluster).await;
     pod_of(&cluster, "capture", "agent-opencode-demo-1").await;
-    let deleted = raw(
+    let deleted = delete(
         &cluster,
-        "DELETE",
         &format!("{JOBS}/agent-opencode-demo-1"),
-        None,
-        "application/json",
         Some(
             json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"}),
         ),
@@ -401,16 +313,7 @@ async fn foreground_delete_returns_the_marked_job_then_removes_it() {
         );
     }
     assert!(ours["metadata"]["deletionTimestamp"].is_string());
-    cluster
-        .wait_for(
-            Resource::Jobs,
-            "capture",
-            "agent-opencode-demo-1",
-            WAIT,
-            |j| j.is_none(),
-        )
-        .await
-        .unwrap();
+    wait_gone(&cluster, Resource::Jobs, "capture", "agent-opencode-demo-1").await;
     assert!(
         cluster
             .list_json(Resource::Pods, Some("capture"))
@@ -423,23 +326,11 @@ async fn foreground_delete_returns_the_marked_job_then_removes_it() {
 async fn pods_of_a_job_look_like_the_job_controllers() {
     let cluster = start().await;
     cluster.faults().unschedulable("*");
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
+    create_demo_job(&cluster).await;
     let pod = pod_of(&cluster, "capture", "agent-opencode-demo-1").await;
-    let listed = raw(
+    let listed = get(
         &cluster,
-        "GET",
         "/api/v1/namespaces/capture/pods?labelSelector=job-name%3Dagent-opencode-demo-1",
-        None,
-        "application/json",
-        None,
     )
     .await;
     assert_eq!(listed.code, fixture_code("10-list-pods-of-job"));
@@ -452,14 +343,8 @@ async fn pods_of_a_job_look_like_the_job_controllers() {
         name.starts_with("agent-opencode-demo-1-")
             && name.len() == "agent-opencode-demo-1-".len() + 5
     );
-    let job_uid = ours["metadata"]["ownerReferences"][0]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let their_job_uid = theirs["metadata"]["ownerReferences"][0]["uid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let job_uid = owner_uid(ours);
+    let their_job_uid = owner_uid(theirs);
     for field in ["labels", "ownerReferences", "generateName", "generation"] {
         assert_eq!(
             normalize(&ours["metadata"][field], &job_uid),
@@ -490,16 +375,12 @@ async fn pods_of_a_job_look_like_the_job_controllers() {
     );
     assert_eq!(ours_status["conditions"][0]["type"], "PodScheduled");
 
-    let log = raw(&cluster, "GET", &format!("/api/v1/namespaces/capture/pods/{name}/log?container=opencode&follow=true&timestamps=true"), None, "application/json", None).await;
+    let log = get(&cluster, &format!("/api/v1/namespaces/capture/pods/{name}/log?container=opencode&follow=true&timestamps=true")).await;
     assert_eq!(log.code, fixture_code("12-pod-log-pending"));
     assert!(log.body.is_empty());
-    let bad = raw(
+    let bad = get(
         &cluster,
-        "GET",
         &format!("/api/v1/namespaces/capture/pods/{name}/log?container=nope"),
-        None,
-        "application/json",
-        None,
     )
     .await;
     assert_eq!(bad.code, 400);
@@ -508,15 +389,7 @@ async fn pods_of_a_job_look_like_the_job_controllers() {
         format!("container nope is not valid for pod {name}")
     );
 
-    let events = raw(
-        &cluster,
-        "GET",
-        "/api/v1/namespaces/capture/events",
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let events = get(&cluster, "/api/v1/namespaces/capture/events").await;
     assert_eq!(events.code, fixture_code("11-list-events"));
     let events = events.json();
     let theirs = fixture("11-list-events.json");
@@ -532,18 +405,8 @@ async fn pods_of_a_job_look_like_the_job_controllers() {
         r
     };
     assert_eq!(reasons(&events), reasons(&theirs));
-    let created = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["reason"] == "SuccessfulCreate")
-        .unwrap();
-    let their_created = theirs["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["reason"] == "SuccessfulCreate")
-        .unwrap();
+    let created = event(&events, "SuccessfulCreate").unwrap();
+    let their_created = event(&theirs, "SuccessfulCreate").unwrap();
     for field in ["source", "type", "count", "reportingComponent", "eventTime"] {
         assert_eq!(created[field], their_created[field], "{field}");
     }
@@ -556,47 +419,23 @@ async fn deadline_exceeded_writes_failure_target_then_failed() {
     let mut job = demo_job("agent-opencode-demo-5", "sleep 30");
     job["spec"]["activeDeadlineSeconds"] = json!(1);
     job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(1);
-    let created = raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
+    let created = create_job(&cluster, job).await;
     assert_eq!(created.code, fixture_code("20-create-job-deadline"));
     job_condition(&cluster, "capture", "agent-opencode-demo-5", "Failed").await;
-    let got = raw(
-        &cluster,
-        "GET",
-        &format!("{JOBS}/agent-opencode-demo-5"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let got = get(&cluster, &format!("{JOBS}/agent-opencode-demo-5")).await;
     assert_eq!(got.code, fixture_code("24-get-job-deadline-exceeded"));
     let ours = got.json();
     let theirs = fixture("24-get-job-deadline-exceeded.json");
     let strip = |v: &Value| normalize(&v["status"]["conditions"], "");
     assert_eq!(strip(&ours), strip(&theirs));
     assert_eq!(ours["status"]["failed"], theirs["status"]["failed"]);
-    let listed = raw(
-        &cluster,
-        "GET",
-        "/api/v1/namespaces/capture/events",
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let listed = get(&cluster, "/api/v1/namespaces/capture/events").await;
     assert_eq!(listed.code, fixture_code("25-list-events-after-deadline"));
     let events = listed.json();
     let theirs = fixture("25-list-events-after-deadline.json");
     for reason in ["DeadlineExceeded", "SuccessfulDelete", "SuccessfulCreate"] {
-        let find = |list: &Value| {
-            list["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["reason"] == reason)
-                .cloned()
-        };
-        let ours = find(&events).unwrap_or_else(|| panic!("event {reason}"));
-        let their = find(&theirs).unwrap();
+        let ours = event(&events, reason).unwrap_or_else(|| panic!("event {reason}"));
+        let their = event(&theirs, reason).unwrap();
         assert_eq!(ours["type"], their["type"], "{reason}");
         assert_eq!(ours["source"], their["source"], "{reason}");
         if reason == "DeadlineExceeded" {

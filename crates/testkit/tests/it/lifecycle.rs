@@ -6,54 +6,28 @@ use std::time::Duration;
 use opencode_k8s_testkit::Resource;
 use serde_json::{Value, json};
 
-use crate::{WAIT, demo_job, job_condition, pod_of, raw, start};
-
-const JOBS: &str = "/apis/batch/v1/namespaces/capture/jobs";
-
-fn waiting_reason(pod: Option<&Value>) -> Option<String> {
-    pod?["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-        .as_str()
-        .map(str::to_owned)
-}
+use crate::{
+    WAIT, create_job, delete, demo_job, get, job_condition, pod_log, pod_name_of, pod_of, raw,
+    start, unschedulable_pod, waiting_reason,
+};
 
 #[tokio::test]
 async fn pod_watch_shows_terminated_while_running_then_succeeded() {
     let cluster = start().await;
     // Watching from the list's resourceVersion replays every change after it: no race.
-    let list = raw(
-        &cluster,
-        "GET",
-        "/api/v1/namespaces/capture/pods",
-        None,
-        "application/json",
-        None,
-    )
-    .await
-    .json();
+    let list = get(&cluster, "/api/v1/namespaces/capture/pods")
+        .await
+        .json();
     let rv = list["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_owned();
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("lifecycle", "echo hello")),
-    )
-    .await;
+    create_job(&cluster, demo_job("lifecycle", "echo hello")).await;
     job_condition(&cluster, "capture", "lifecycle", "Complete").await;
     let path = format!(
         "/api/v1/namespaces/capture/pods?watch=true&labelSelector=job-name%3Dlifecycle&resourceVersion={rv}&timeoutSeconds=1"
     );
-    let text = String::from_utf8(
-        raw(&cluster, "GET", &path, None, "application/json", None)
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let text = get(&cluster, &path).await.text();
     let states: Vec<(String, String, String)> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -138,20 +112,10 @@ async fn env_secrets_volumes_and_working_dir_reach_the_process() {
         {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
         {"name": "scratch", "emptyDir": {}},
     ]);
-    raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
+    create_job(&cluster, job).await;
     job_condition(&cluster, "capture", "env", "Complete").await;
-    let pod = pod_of(&cluster, "capture", "env").await;
-    let name = pod["metadata"]["name"].as_str().unwrap();
-    let log = raw(
-        &cluster,
-        "GET",
-        &format!("/api/v1/namespaces/capture/pods/{name}/log"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
-    let text = String::from_utf8(log.body.to_vec()).unwrap();
+    let name = pod_name_of(&cluster, "capture", "env").await;
+    let text = pod_log(&cluster, &name).await.text();
     assert_eq!(
         text,
         "hi-$(MODE_PRE)|t0k|fast|env|t0k\nhello prompt\n/work\n"
@@ -166,9 +130,8 @@ async fn missing_secret_is_a_create_container_config_error_and_the_job_has_no_co
     let cluster = start().await;
     let mut job = demo_job("cfgerr", "echo never");
     job["spec"]["template"]["spec"]["containers"][0]["env"] = json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "missing-secret", "key": "k"}}}]);
-    raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
-    let pod = pod_of(&cluster, "capture", "cfgerr").await;
-    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    create_job(&cluster, job).await;
+    let name = pod_name_of(&cluster, "capture", "cfgerr").await;
     let pod = cluster
         .wait_for(Resource::Pods, "capture", &name, WAIT, |p| {
             waiting_reason(p).as_deref() == Some("CreateContainerConfigError")
@@ -187,15 +150,7 @@ async fn missing_secret_is_a_create_container_config_error_and_the_job_has_no_co
         job["status"]["conditions"].is_null(),
         "no Job condition, like fixture 34-job-cfgerr"
     );
-    let log = raw(
-        &cluster,
-        "GET",
-        &format!("/api/v1/namespaces/capture/pods/{name}/log"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let log = pod_log(&cluster, &name).await;
     assert_eq!(log.code, 400);
     assert!(
         log.json()["message"]
@@ -211,16 +166,9 @@ async fn missing_pvc_keeps_the_pod_pending_with_failed_scheduling() {
     let mut job = demo_job("nopvc", "echo never");
     job["spec"]["template"]["spec"]["volumes"] =
         json!([{"name": "d", "persistentVolumeClaim": {"claimName": "absent"}}]);
-    raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
-    let pod = pod_of(&cluster, "capture", "nopvc").await;
-    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
-    let pod = cluster
-        .wait_for(Resource::Pods, "capture", &name, WAIT, |p| {
-            p.is_some_and(|p| p["status"]["conditions"][0]["reason"] == "Unschedulable")
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    create_job(&cluster, job).await;
+    let name = pod_name_of(&cluster, "capture", "nopvc").await;
+    let pod = unschedulable_pod(&cluster, &name).await;
     assert!(
         pod["status"]["conditions"][0]["message"]
             .as_str()
@@ -253,12 +201,9 @@ async fn seeded_paperclip_pod_runs_with_its_volume() {
             == "ReadWriteMany"
     );
     assert!(cluster.pvc_path("paperclip", &seed.pvc).is_dir());
-    let deleted = raw(
+    let deleted = delete(
         &cluster,
-        "DELETE",
         "/api/v1/namespaces/paperclip/pods/paperclip",
-        None,
-        "application/json",
         Some(json!({"gracePeriodSeconds": 1})),
     )
     .await;
@@ -287,20 +232,10 @@ async fn stdin_is_closed_and_run_as_user_is_honoured_as_root() {
     let mut job = demo_job("ids", "cat; id -u");
     job["spec"]["template"]["spec"]["securityContext"] =
         json!({"runAsUser": 65534, "runAsGroup": 65534});
-    raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
+    create_job(&cluster, job).await;
     job_condition(&cluster, "capture", "ids", "Complete").await;
-    let pod = pod_of(&cluster, "capture", "ids").await;
-    let name = pod["metadata"]["name"].as_str().unwrap();
-    let log = raw(
-        &cluster,
-        "GET",
-        &format!("/api/v1/namespaces/capture/pods/{name}/log"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
-    let uid = String::from_utf8(log.body.to_vec()).unwrap();
+    let name = pod_name_of(&cluster, "capture", "ids").await;
+    let uid = pod_log(&cluster, &name).await.text();
     // `cat` returned at once: stdin is /dev/null unless the container asks for stdin.
     if nix::unistd::Uid::effective().is_root() {
         assert_eq!(
@@ -318,30 +253,13 @@ async fn log_options_select_lines_like_the_kubelet() {
     // stdout only: the order of stdout versus stderr lines is up to the scheduler, as it is in a
     // real kubelet reading two pipes.
     let script = "for i in 1 2 3 4 5; do echo line-$i; done; printf partial-no-newline";
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("opts", script)),
-    )
-    .await;
+    create_job(&cluster, demo_job("opts", script)).await;
     job_condition(&cluster, "capture", "opts", "Complete").await;
-    let pod = pod_of(&cluster, "capture", "opts").await;
-    let name = pod["metadata"]["name"].as_str().unwrap();
+    let name = pod_name_of(&cluster, "capture", "opts").await;
     let get = |query: &str| {
         let path = format!("/api/v1/namespaces/capture/pods/{name}/log?container=opencode&{query}");
         let cluster = &cluster;
-        async move {
-            String::from_utf8(
-                raw(cluster, "GET", &path, None, "application/json", None)
-                    .await
-                    .body
-                    .to_vec(),
-            )
-            .unwrap()
-        }
+        async move { crate::get(cluster, &path).await.text() }
     };
     let all = get("timestamps=true").await;
     let lines: Vec<&str> = all.split('\n').collect();

@@ -3,9 +3,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use opencode_k8s_testkit::FakeLlm;
 use opencode_k8s_testkit::llm::{self, Behaviour, ReportedUsage};
 use serde_json::{Value, json};
@@ -17,7 +15,6 @@ async fn send(
     path: &str,
     body: Option<Value>,
 ) -> (u16, String, Bytes) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let request = http::Request::builder()
         .method(method)
@@ -25,20 +22,12 @@ async fn send(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
-    let response = client.request(request).await.expect("request sent");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, content_type, body)
+    let answer = crate::send(request).await;
+    (
+        answer.code,
+        answer.content_type.unwrap_or_default(),
+        answer.body,
+    )
 }
 
 fn chat(model: &str, messages: Value) -> Value {

@@ -59,6 +59,11 @@ impl Answer {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
+
+    /// The body as UTF-8 text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
 }
 
 /// Sends one raw request (admin token unless `token` says otherwise).
@@ -70,7 +75,6 @@ pub async fn raw(
     content_type: &str,
     body: Option<Value>,
 ) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let token = token.unwrap_or(cluster.admin_token());
     let body = body
         .map(|b| serde_json::to_vec(&b).unwrap())
@@ -82,6 +86,12 @@ pub async fn raw(
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .unwrap();
+    send(request).await
+}
+
+/// Sends one HTTP request on a fresh client and collects the whole answer.
+pub async fn send(request: http::Request<Full<Bytes>>) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let response = client.request(request).await.expect("request sent");
     let code = response.status().as_u16();
     let content_type = response
@@ -99,6 +109,38 @@ pub async fn raw(
         content_type,
         body,
     }
+}
+
+/// The Jobs of namespace `capture`.
+pub const JOBS: &str = "/apis/batch/v1/namespaces/capture/jobs";
+
+/// `GET path` as the admin.
+pub async fn get(cluster: &Cluster, path: &str) -> Answer {
+    raw(cluster, "GET", path, None, "application/json", None).await
+}
+
+/// `POST path` with a JSON body, as the admin.
+pub async fn post(cluster: &Cluster, path: &str, body: Value) -> Answer {
+    raw(cluster, "POST", path, None, "application/json", Some(body)).await
+}
+
+/// `DELETE path`, with delete options as the body if given, as the admin.
+pub async fn delete(cluster: &Cluster, path: &str, options: Option<Value>) -> Answer {
+    raw(cluster, "DELETE", path, None, "application/json", options).await
+}
+
+/// Creates a Job in `capture` through the API.
+pub async fn create_job(cluster: &Cluster, job: Value) -> Answer {
+    post(cluster, JOBS, job).await
+}
+
+/// The whole log of a pod in `capture`.
+pub async fn pod_log(cluster: &Cluster, pod: &str) -> Answer {
+    get(
+        cluster,
+        &format!("/api/v1/namespaces/capture/pods/{pod}/log"),
+    )
+    .await
 }
 
 /// A captured response body from `shared/fixtures/kube/`.
@@ -187,6 +229,38 @@ pub async fn pod_of(cluster: &Cluster, ns: &str, job: &str) -> Value {
         .into_iter()
         .find(|p| p["metadata"]["labels"]["job-name"] == job)
         .unwrap_or_else(|| panic!("no pod for job {job}"))
+}
+
+/// The name of the single pod of a Job, once the Job controller made it.
+pub async fn pod_name_of(cluster: &Cluster, ns: &str, job: &str) -> String {
+    let pod = pod_of(cluster, ns, job).await;
+    pod["metadata"]["name"].as_str().unwrap().to_owned()
+}
+
+/// Waits until an object is gone.
+pub async fn wait_gone(cluster: &Cluster, resource: Resource, ns: &str, name: &str) {
+    cluster
+        .wait_for(resource, ns, name, WAIT, |o| o.is_none())
+        .await
+        .unwrap();
+}
+
+/// Waits until the scheduler marked a pod in `capture` unschedulable, and returns the pod.
+pub async fn unschedulable_pod(cluster: &Cluster, name: &str) -> Value {
+    cluster
+        .wait_for(Resource::Pods, "capture", name, WAIT, |p| {
+            p.is_some_and(|p| p["status"]["conditions"][0]["reason"] == "Unschedulable")
+        })
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The reason the first container of a pod is waiting, if it is.
+pub fn waiting_reason(pod: Option<&Value>) -> Option<String> {
+    pod?["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Waits until a Job has a `type` condition with status True.

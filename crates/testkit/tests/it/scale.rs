@@ -3,9 +3,7 @@
 
 use opencode_k8s_testkit::{Resource, Verb};
 
-use crate::{WAIT, demo_job, raw, start};
-
-const JOBS: &str = "/apis/batch/v1/namespaces/capture/jobs";
+use crate::{WAIT, create_job, demo_job, get, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_jobs_complete_with_all_their_output() {
@@ -15,12 +13,7 @@ async fn two_hundred_concurrent_jobs_complete_with_all_their_output() {
         let cluster = &cluster;
         async move {
             let job = demo_job(&format!("load-{i}"), "seq 1 100");
-            assert_eq!(
-                raw(cluster, "POST", JOBS, None, "application/json", Some(job))
-                    .await
-                    .code,
-                201
-            );
+            assert_eq!(create_job(cluster, job).await.code, 201);
         }
     });
     futures::future::join_all(creates).await;
@@ -32,13 +25,9 @@ async fn two_hundred_concurrent_jobs_complete_with_all_their_output() {
     let pods = cluster.list_json(Resource::Pods, Some("capture"));
     assert_eq!(pods.len(), 200);
     let name = pods[123]["metadata"]["name"].as_str().unwrap();
-    let log = raw(
+    let log = get(
         &cluster,
-        "GET",
         &format!("/api/v1/namespaces/capture/pods/{name}/log?tailLines=1"),
-        None,
-        "application/json",
-        None,
     )
     .await;
     assert_eq!(&log.body[..], b"100\n");

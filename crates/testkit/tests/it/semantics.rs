@@ -3,19 +3,26 @@
 
 use std::time::Duration;
 
-use opencode_k8s_testkit::{ClusterOptions, Resource};
+use opencode_k8s_testkit::{Cluster, ClusterOptions, Resource};
 use serde_json::{Value, json};
 
-use crate::{WAIT, demo_job, fixture, pod_of, raw, start, start_with};
+use crate::{
+    JOBS, WAIT, create_job, delete, demo_job, fixture, get, pod_name_of, post, raw, start,
+    start_with, wait_gone,
+};
 
 const SECRETS: &str = "/api/v1/namespaces/capture/secrets";
-const JOBS: &str = "/apis/batch/v1/namespaces/capture/jobs";
 
 fn events(body: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(body)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The events of a watch that `path` opens and ends (with `timeoutSeconds`).
+async fn watch(cluster: &Cluster, path: &str) -> Vec<Value> {
+    events(&get(cluster, path).await.body)
 }
 
 fn secret(name: &str, labels: Value) -> Value {
@@ -29,36 +36,15 @@ async fn watch_replays_from_a_resource_version_and_answers_410_when_too_old() {
         ..ClusterOptions::default()
     })
     .await;
-    let first = raw(
-        &cluster,
-        "POST",
-        SECRETS,
-        None,
-        "application/json",
-        Some(secret("a", json!({}))),
-    )
-    .await
-    .json();
+    let first = post(&cluster, SECRETS, secret("a", json!({}))).await.json();
     let rv_a: u64 = first["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
-    raw(
-        &cluster,
-        "POST",
-        SECRETS,
-        None,
-        "application/json",
-        Some(secret("b", json!({}))),
-    )
-    .await;
+    post(&cluster, SECRETS, secret("b", json!({}))).await;
     let path = format!("{SECRETS}?watch=true&resourceVersion={rv_a}&timeoutSeconds=1");
-    let replay = events(
-        &raw(&cluster, "GET", &path, None, "application/json", None)
-            .await
-            .body,
-    );
+    let replay = watch(&cluster, &path).await;
     assert_eq!(
         replay.len(),
         1,
@@ -68,17 +54,9 @@ async fn watch_replays_from_a_resource_version_and_answers_410_when_too_old() {
     assert_eq!(replay[0]["object"]["metadata"]["name"], "b");
 
     for name in ["c", "d", "e"] {
-        raw(
-            &cluster,
-            "POST",
-            SECRETS,
-            None,
-            "application/json",
-            Some(secret(name, json!({}))),
-        )
-        .await;
+        post(&cluster, SECRETS, secret(name, json!({}))).await;
     }
-    let expired = raw(&cluster, "GET", &path, None, "application/json", None).await;
+    let expired = get(&cluster, &path).await;
     assert_eq!(
         expired.code, 200,
         "upstream answers an expired watch with an ERROR event"
@@ -103,23 +81,11 @@ async fn watch_from_zero_with_initial_events_ends_with_the_annotated_bookmark() 
     })
     .await;
     cluster.faults().unschedulable("*");
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
+    create_job(&cluster, demo_job("agent-opencode-demo-1", "echo hi")).await;
     let path = format!(
         "{JOBS}?watch=true&resourceVersion=0&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1"
     );
-    let got = events(
-        &raw(&cluster, "GET", &path, None, "application/json", None)
-            .await
-            .body,
-    );
+    let got = watch(&cluster, &path).await;
     assert_eq!(got[0]["type"], "ADDED");
     let theirs: Vec<Value> = std::fs::read_to_string(format!(
         "{}/../../../shared/fixtures/kube/21-watch-jobs-from-rv0.jsonl",
@@ -152,30 +118,17 @@ async fn watch_from_zero_with_initial_events_ends_with_the_annotated_bookmark() 
 #[tokio::test]
 async fn selectors_filter_lists_and_watches() {
     let cluster = start().await;
-    raw(
+    post(
         &cluster,
-        "POST",
         SECRETS,
-        None,
-        "application/json",
-        Some(secret("one", json!({"tier": "a", "run": "1"}))),
+        secret("one", json!({"tier": "a", "run": "1"})),
     )
     .await;
-    raw(
-        &cluster,
-        "POST",
-        SECRETS,
-        None,
-        "application/json",
-        Some(secret("two", json!({"tier": "b"}))),
-    )
-    .await;
+    post(&cluster, SECRETS, secret("two", json!({"tier": "b"}))).await;
     let names = |path: String| {
         let cluster = &cluster;
         async move {
-            let list = raw(cluster, "GET", &path, None, "application/json", None)
-                .await
-                .json();
+            let list = get(cluster, &path).await.json();
             list["items"]
                 .as_array()
                 .unwrap()
@@ -209,23 +162,11 @@ async fn selectors_filter_lists_and_watches() {
         names("/api/v1/secrets?fieldSelector=metadata.namespace%3Dcapture".to_owned()).await,
         ["one", "two"]
     );
-    let bad = raw(
-        &cluster,
-        "GET",
-        &q("tier in a"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let bad = get(&cluster, &q("tier in a")).await;
     assert_eq!(bad.code, 400);
 
     let path = format!("{SECRETS}?watch=true&fieldSelector=metadata.name%3Done&timeoutSeconds=1");
-    let watched = events(
-        &raw(&cluster, "GET", &path, None, "application/json", None)
-            .await
-            .body,
-    );
+    let watched = watch(&cluster, &path).await;
     assert_eq!(watched.len(), 1);
     assert_eq!(watched[0]["object"]["metadata"]["name"], "one");
 }
@@ -234,17 +175,8 @@ async fn selectors_filter_lists_and_watches() {
 async fn events_are_selected_by_involved_object() {
     let cluster = start().await;
     cluster.faults().unschedulable("*");
-    raw(
-        &cluster,
-        "POST",
-        JOBS,
-        None,
-        "application/json",
-        Some(demo_job("agent-opencode-demo-1", "echo hi")),
-    )
-    .await;
-    let pod = pod_of(&cluster, "capture", "agent-opencode-demo-1").await;
-    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    create_job(&cluster, demo_job("agent-opencode-demo-1", "echo hi")).await;
+    let name = pod_name_of(&cluster, "capture", "agent-opencode-demo-1").await;
     cluster
         .wait_for(Resource::Pods, "capture", &name, WAIT, |p| {
             p.is_some_and(|p| p["status"]["conditions"].is_array())
@@ -254,9 +186,7 @@ async fn events_are_selected_by_involved_object() {
     let path = format!(
         "/api/v1/namespaces/capture/events?fieldSelector=involvedObject.kind%3DPod%2CinvolvedObject.name%3D{name}"
     );
-    let list = raw(&cluster, "GET", &path, None, "application/json", None)
-        .await
-        .json();
+    let list = get(&cluster, &path).await.json();
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     let theirs = &fixture("11-list-events.json")["items"][0];
@@ -277,52 +207,25 @@ async fn background_delete_collects_pods_and_orphan_keeps_them() {
     let cluster = start().await;
     cluster.faults().unschedulable("*");
     for name in ["bg", "orphan"] {
-        raw(
-            &cluster,
-            "POST",
-            JOBS,
-            None,
-            "application/json",
-            Some(demo_job(name, "echo hi")),
-        )
-        .await;
+        create_job(&cluster, demo_job(name, "echo hi")).await;
     }
-    let bg_pod = pod_of(&cluster, "capture", "bg").await;
-    let orphan_pod = pod_of(&cluster, "capture", "orphan").await;
-    raw(
+    let bg_pod = pod_name_of(&cluster, "capture", "bg").await;
+    let orphan_pod = pod_name_of(&cluster, "capture", "orphan").await;
+    delete(
         &cluster,
-        "DELETE",
         &format!("{JOBS}/bg"),
-        None,
-        "application/json",
         Some(json!({"propagationPolicy": "Background"})),
     )
     .await;
-    raw(
+    delete(
         &cluster,
-        "DELETE",
         &format!("{JOBS}/orphan?propagationPolicy=Orphan"),
-        None,
-        "application/json",
         None,
     )
     .await;
-    cluster
-        .wait_for(
-            Resource::Pods,
-            "capture",
-            bg_pod["metadata"]["name"].as_str().unwrap(),
-            WAIT,
-            |p| p.is_none(),
-        )
-        .await
-        .unwrap();
+    wait_gone(&cluster, Resource::Pods, "capture", &bg_pod).await;
     let kept = cluster
-        .get_json(
-            Resource::Pods,
-            "capture",
-            orphan_pod["metadata"]["name"].as_str().unwrap(),
-        )
+        .get_json(Resource::Pods, "capture", &orphan_pod)
         .unwrap();
     assert!(
         kept["metadata"]["ownerReferences"].is_null(),
@@ -335,37 +238,17 @@ async fn ttl_after_finished_deletes_the_job_and_its_pods() {
     let cluster = start().await;
     let mut job = demo_job("ttl", "echo bye");
     job["spec"]["ttlSecondsAfterFinished"] = json!(0);
-    raw(&cluster, "POST", JOBS, None, "application/json", Some(job)).await;
-    let pod = pod_of(&cluster, "capture", "ttl").await;
-    cluster
-        .wait_for(Resource::Jobs, "capture", "ttl", WAIT, |j| j.is_none())
-        .await
-        .unwrap();
-    cluster
-        .wait_for(
-            Resource::Pods,
-            "capture",
-            pod["metadata"]["name"].as_str().unwrap(),
-            WAIT,
-            |p| p.is_none(),
-        )
-        .await
-        .unwrap();
+    create_job(&cluster, job).await;
+    let pod = pod_name_of(&cluster, "capture", "ttl").await;
+    wait_gone(&cluster, Resource::Jobs, "capture", "ttl").await;
+    wait_gone(&cluster, Resource::Pods, "capture", &pod).await;
 }
 
 #[tokio::test]
 async fn watch_timeout_ends_the_stream() {
     let cluster = start().await;
     let started = tokio::time::Instant::now();
-    let answer = raw(
-        &cluster,
-        "GET",
-        &format!("{SECRETS}?watch=true&timeoutSeconds=1"),
-        None,
-        "application/json",
-        None,
-    )
-    .await;
+    let answer = get(&cluster, &format!("{SECRETS}?watch=true&timeoutSeconds=1")).await;
     assert_eq!(answer.code, 200);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(answer.body.is_empty());
@@ -374,18 +257,8 @@ async fn watch_timeout_ends_the_stream() {
 #[tokio::test]
 async fn objects_entering_or_leaving_a_selector_are_added_or_deleted_for_the_watch() {
     let cluster = start().await;
-    raw(
-        &cluster,
-        "POST",
-        SECRETS,
-        None,
-        "application/json",
-        Some(secret("moving", json!({"tier": "a"}))),
-    )
-    .await;
-    let list = raw(&cluster, "GET", SECRETS, None, "application/json", None)
-        .await
-        .json();
+    post(&cluster, SECRETS, secret("moving", json!({"tier": "a"}))).await;
+    let list = get(&cluster, SECRETS).await.json();
     let rv = list["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
@@ -410,13 +283,10 @@ async fn objects_entering_or_leaving_a_selector_are_added_or_deleted_for_the_wat
     let path = format!(
         "{SECRETS}?watch=true&labelSelector=tier%3Da&resourceVersion={rv}&timeoutSeconds=1"
     );
-    let types: Vec<String> = events(
-        &raw(&cluster, "GET", &path, None, "application/json", None)
-            .await
-            .body,
-    )
-    .iter()
-    .map(|e| e["type"].as_str().unwrap().to_owned())
-    .collect();
+    let types: Vec<String> = watch(&cluster, &path)
+        .await
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(types, ["DELETED", "ADDED"]);
 }
