@@ -161,8 +161,10 @@ pub async fn load_config(source: &ClusterSource) -> Result<kube::Config, Cluster
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
 /// `kube::Client::try_from(config)` with the same connector timeouts and layers (base URI,
-/// auth, extra headers, server retries), but a bounded HTTP/1 read buffer, which kube's own
-/// builder does not expose.
+/// auth, extra headers) but a bounded HTTP/1 read buffer, which kube's own builder does not
+/// expose, and without kube's per-request retries (up to 15, minutes under throttling): the
+/// engine retries one-shot calls itself within a few seconds, watches back off on their own,
+/// and a cancel must not wait behind a retry loop.
 fn build_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
     use kube::client::ConfigExt as _;
     let mut connector = hyper_timeout::TimeoutConnector::new(config.rustls_https_connector()?);
@@ -173,12 +175,8 @@ fn build_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http1_max_buf_size(MAX_READ_BUFFER)
         .build::<_, kube::client::Body>(connector);
-    let retry = config
-        .default_retry
-        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(tower::BoxError::from)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::batch::v1::Job;
 
 use super::status::job_occupies_agent;
-use crate::manifest::{RUN_ID_KEY, TASK_KEY_KEY, label_value};
+use crate::manifest::{TASK_KEY_KEY, label_value};
 
 /// Per-agent in-process locks for check-and-create.
 #[derive(Debug, Default)]
@@ -38,10 +38,12 @@ fn label<'a>(job: &'a Job, key: &str) -> Option<&'a str> {
     job.metadata.labels.as_ref()?.get(key).map(String::as_str)
 }
 
-/// Decide, purely, from the agent's Jobs; `followed` are the Jobs this engine already follows.
+/// Decide, purely, from the agent's Jobs. `this_job` is the name this run attempt's Job has
+/// (names are derived from the run id and the attempt); `followed` are the Jobs this engine
+/// already follows or has finished with in this process.
 pub(crate) fn judge(
     jobs: &[Job],
-    run_id: &str,
+    this_job: &str,
     task_key: Option<&str>,
     followed: &HashSet<String>,
 ) -> Verdict {
@@ -49,12 +51,12 @@ pub(crate) fn judge(
         job.metadata.deletion_timestamp.is_none()
             && !followed.contains(job.metadata.name.as_deref().unwrap_or_default())
     };
-    // This very run, finished or not: its result is there to be read, never to be redone.
-    let run = label_value(run_id);
+    // This very attempt, finished or not: its result is there to be read, never to be redone.
+    // (Another attempt of the same run — a retry's first try kept by retainJobs — is not it.)
     if let Some(job) = jobs
         .iter()
         .filter(orphan)
-        .find(|job| label(job, RUN_ID_KEY) == Some(run.as_str()))
+        .find(|job| job.metadata.name.as_deref() == Some(this_job))
     {
         return Verdict::Adopt(Box::new(job.clone()));
     }
@@ -80,6 +82,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::manifest::RUN_ID_KEY;
 
     fn job(name: &str, run: &str, task: &str, terminal: bool) -> Job {
         let conditions = if terminal {
@@ -98,7 +101,7 @@ mod tests {
     fn finished_jobs_do_not_block() {
         let jobs = [job("a", "r1", "t1", true)];
         assert_eq!(
-            judge(&jobs, "r2", Some("t2"), &HashSet::new()),
+            judge(&jobs, "b", Some("t2"), &HashSet::new()),
             Verdict::Clear
         );
     }
@@ -107,7 +110,7 @@ mod tests {
     fn another_running_job_of_the_agent_blocks() {
         let jobs = [job("a", "r1", "t1", false)];
         assert!(
-            matches!(judge(&jobs, "r2", Some("t2"), &HashSet::new()), Verdict::Wait(j) if j.metadata.name.as_deref() == Some("a"))
+            matches!(judge(&jobs, "z", Some("t2"), &HashSet::new()), Verdict::Wait(j) if j.metadata.name.as_deref() == Some("a"))
         );
     }
 
@@ -116,7 +119,7 @@ mod tests {
         let mut deleting = job("a", "r1", "t1", true);
         deleting.metadata.deletion_timestamp = Some(Time("2026-11-27T14:00:00Z".parse().unwrap()));
         assert!(matches!(
-            judge(&[deleting], "r1", Some("t1"), &HashSet::new()),
+            judge(&[deleting], "a", Some("t1"), &HashSet::new()),
             Verdict::Wait(_)
         ));
     }
@@ -125,11 +128,11 @@ mod tests {
     fn the_same_run_or_an_orphan_of_the_same_task_is_adopted() {
         let jobs = [job("a", "r1", "t1", false)];
         assert!(matches!(
-            judge(&jobs, "r1", None, &HashSet::new()),
+            judge(&jobs, "a", None, &HashSet::new()),
             Verdict::Adopt(_)
         ));
         assert!(matches!(
-            judge(&jobs, "r9", Some("t1"), &HashSet::new()),
+            judge(&jobs, "z", Some("t1"), &HashSet::new()),
             Verdict::Adopt(_)
         ));
     }
@@ -138,9 +141,18 @@ mod tests {
     fn a_finished_job_of_the_same_run_is_adopted_to_read_its_result() {
         let jobs = [job("a", "r1", "t1", true)];
         assert!(matches!(
-            judge(&jobs, "r1", None, &HashSet::new()),
+            judge(&jobs, "a", None, &HashSet::new()),
             Verdict::Adopt(_)
         ));
+    }
+
+    #[test]
+    fn a_retrys_first_attempt_kept_by_retain_jobs_is_not_the_retry() {
+        let jobs = [job("a", "r1", "t1", true)];
+        assert_eq!(
+            judge(&jobs, "a-a2", Some("t1"), &HashSet::new()),
+            Verdict::Clear
+        );
     }
 
     #[test]
@@ -148,7 +160,7 @@ mod tests {
         let jobs = [job("a", "r1", "t1", false)];
         let followed = HashSet::from(["a".to_owned()]);
         assert!(matches!(
-            judge(&jobs, "r9", Some("t1"), &followed),
+            judge(&jobs, "z", Some("t1"), &followed),
             Verdict::Wait(_)
         ));
     }

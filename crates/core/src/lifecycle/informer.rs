@@ -216,7 +216,7 @@ async fn watch_jobs(api: Api<Job>, config: watcher::Config, shared: Arc<Mutex<Sh
                     shared.send(&name, Update::JobGone);
                 }
             }
-            Err(err) => tracing::debug!(error = %err, "job watch interrupted; retrying"),
+            Err(err) => tracing::warn!(error = %err, "job watch interrupted; retrying"),
         }
     }
 }
@@ -253,7 +253,7 @@ async fn watch_pods(api: Api<Pod>, config: watcher::Config, shared: Arc<Mutex<Sh
                     }
                 }
             }
-            Err(err) => tracing::debug!(error = %err, "pod watch interrupted; retrying"),
+            Err(err) => tracing::warn!(error = %err, "pod watch interrupted; retrying"),
         }
     }
 }
@@ -269,7 +269,7 @@ async fn watch_events(api: Api<Event>, config: watcher::Config, shared: Arc<Mute
                 }
             }
             Ok(_) => {}
-            Err(err) => tracing::debug!(error = %err, "event watch interrupted; retrying"),
+            Err(err) => tracing::warn!(error = %err, "event watch interrupted; retrying"),
         }
     }
 }

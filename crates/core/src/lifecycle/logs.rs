@@ -361,7 +361,9 @@ pub(crate) async fn follow(
                 });
             }
             Err(ReadFailure::Transient(reason)) => {
-                tracing::debug!(pod, %reason, "log stream failed, reconnecting");
+                tracing::warn!(pod, %reason, "log stream failed, reconnecting");
+                // A kubelet the API server cannot reach fails every time: back off further.
+                retry.failed();
             }
             Err(ReadFailure::Cancelled) => return Ok(stats),
         }
@@ -524,9 +526,13 @@ async fn read_connection(
 /// (chunks queued for the sink) whatever the size of the frames the server sends.
 const MAX_CHUNK: usize = 16 * 1024;
 
-/// Pause between connections that deliver nothing: 50 ms doubling to 2 s.
+/// Pause between connections that deliver nothing: 50 ms doubling to 2 s, or to 30 s while
+/// connections fail.
 #[derive(Debug)]
 struct Backoff(Duration);
+
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+const MAX_PAUSE_FAILING: Duration = Duration::from_secs(30);
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -537,8 +543,13 @@ impl Default for Backoff {
 impl Backoff {
     fn next(&mut self) -> Duration {
         let now = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        self.0 = (self.0 * 2).min(MAX_PAUSE.max(self.0));
         now
+    }
+
+    /// A failed connection: the next pauses may grow to [`MAX_PAUSE_FAILING`].
+    fn failed(&mut self) {
+        self.0 = (self.0 * 2).min(MAX_PAUSE_FAILING);
     }
 
     fn reset(&mut self) {

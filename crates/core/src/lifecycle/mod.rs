@@ -48,8 +48,15 @@ pub struct Bounds {
     /// OpenCode hangs silently when resuming a session from another directory. Longer than
     /// OpenCode's ~90 s of silent retries when the LLM endpoint fails.
     pub resume_first_event: Duration,
-    /// Cancelling waits this long for the pod to be gone.
+    /// Cancelling waits this long for the pod to be gone (Paperclip waits 60 s for the
+    /// acknowledgement).
     pub cancel: Duration,
+    /// A scheduled pod may stay Unschedulable this long before the run fails (an autoscaler's
+    /// `TriggeredScaleUp` extends it to `schedule`).
+    pub unschedulable: Duration,
+    /// A container may wait this long in ErrImagePull/ImagePullBackOff or a container config
+    /// error (the kubelet retries; a missing Secret can still be created) before the run fails.
+    pub blocked: Duration,
 }
 
 impl Default for Bounds {
@@ -59,7 +66,9 @@ impl Default for Bounds {
             schedule: Duration::from_secs(5 * 60),
             start: Duration::from_secs(10 * 60),
             resume_first_event: Duration::from_secs(150),
-            cancel: Duration::from_secs(60),
+            cancel: Duration::from_secs(45),
+            unschedulable: Duration::from_secs(60),
+            blocked: Duration::from_secs(30),
         }
     }
 }

@@ -85,28 +85,37 @@ pub(crate) async fn create(
         }]}
     });
     let (patch, params) = (Patch::Merge(&owner), PatchParams::default());
-    retry("set the Secret's owner", || {
+    if let Err(err) = retry("set the Secret's owner", || {
         secrets.patch(&name, &params, &patch)
     })
     .await
-    .map_err(|err| {
-        RunError::api(
+    {
+        // Without the owner reference the Secret (prompt, agent token) would outlive its Job:
+        // take both back rather than leave a Job nobody follows.
+        if let Err(cleanup) = delete_job(client, namespace, &name, false).await {
+            tracing::warn!(job = %name, error = %cleanup, "failed to remove a Job whose Secret could not be owned");
+        }
+        let params = DeleteParams::default();
+        if let Err(cleanup) = retry("delete the Secret", || secrets.delete(&name, &params)).await {
+            tracing::warn!(secret = %name, error = %cleanup, "failed to remove a Secret that could not be owned");
+        }
+        return Err(RunError::api(
             ErrorCode::K8sJobCreateFailed,
             &format!("set the owner of Secret {namespace}/{name}"),
             &err,
-        )
-    })?;
+        ));
+    }
     Ok(job)
 }
 
 /// Delete a Job and (through the owner reference) its Secret. `Foreground` waits for the pod
-/// in Kubernetes' own bookkeeping; a Job already gone is fine.
+/// in Kubernetes' own bookkeeping. `Ok(false)`: the Job was already gone.
 pub(crate) async fn delete_job(
     client: &kube::Client,
     namespace: &str,
     name: &str,
     foreground: bool,
-) -> Result<(), RunError> {
+) -> Result<bool, RunError> {
     let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let params = if foreground {
         DeleteParams::foreground()
@@ -114,8 +123,8 @@ pub(crate) async fn delete_job(
         DeleteParams::background()
     };
     match retry("delete the Job", || jobs.delete(name, &params)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
         Err(err) => Err(RunError::api(
             ErrorCode::AdapterInternal,
             &format!("delete Job {namespace}/{name}"),

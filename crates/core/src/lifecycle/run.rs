@@ -24,8 +24,8 @@ use crate::event::{RunEvent, RunSink};
 use crate::manifest::{self, CONTAINER_NAME, InheritedPod, Rendered, ResumeDecision, RunRequest};
 use crate::parse::{OutputParser, RunOutput};
 
-/// After the Job or the container ended, how long to wait for the other (and the last log
-/// bytes) before harvesting with what is known.
+/// After the Job or the container ended, how long to wait — without any output arriving — for
+/// the other (and the last log bytes) before harvesting with what is known.
 const SETTLE: Duration = Duration::from_secs(30);
 /// A Job that ended before its pod was seen: the pod watch is a separate stream and may lag the
 /// Job's; wait this long for the pod before concluding there was none.
@@ -214,13 +214,24 @@ impl<'a> Run<'a> {
                     )
                 })?;
             let followed = lock(&self.engine.active).clone();
+            let this_job = rendered.job.metadata.name.as_deref().unwrap_or_default();
             let verdict = guard::judge(
                 &listed.items,
-                &self.request.run_id,
+                this_job,
                 self.request.task_key.as_deref(),
                 &followed,
             );
             let blocking = match verdict {
+                // A reattach continues output that exists: it never starts the work again.
+                guard::Verdict::Clear if self.checkpoint.is_some() => {
+                    return Err(RunError::new(
+                        ErrorCode::K8sJobDeletedExternally,
+                        format!(
+                            "failed to reattach: the Job {}/{this_job} of this run no longer exists (its TTL or someone deleted it); its output after the checkpoint is lost",
+                            target.namespace
+                        ),
+                    ));
+                }
                 guard::Verdict::Clear => {
                     let name = rendered.job.metadata.name.clone().unwrap_or_default();
                     let sub = target.watch.subscribe(&name);
@@ -292,6 +303,7 @@ impl<'a> Run<'a> {
         let cursor = self.checkpoint.take().unwrap_or_default();
         let mut follow = Follow::new(self.engine.options.bounds, resumed, cursor);
         loop {
+            follow.promote_pending();
             if let Some(done) = follow.done() {
                 return follow.harvest(done);
             }
@@ -304,7 +316,15 @@ impl<'a> Run<'a> {
                         let text = String::from_utf8(bytes).unwrap_or_else(|err| {
                             String::from_utf8_lossy(err.as_bytes()).into_owned()
                         });
-                        self.sink.emit(RunEvent::Output { text, checkpoint }).await;
+                        // Output still flowing after the end is not a stuck run: restart the
+                        // settle clock. A sink that blocks does not block a cancel.
+                        if follow.settle_from.is_some() {
+                            follow.settle_from = Some(Instant::now());
+                        }
+                        tokio::select! {
+                            () = self.sink.emit(RunEvent::Output { text, checkpoint }) => {}
+                            () = self.cancel.cancelled() => follow.cancelled = true,
+                        }
                     }
                     None => follow.logs_ended().await,
                 },
@@ -381,10 +401,14 @@ impl<'a> Run<'a> {
         let ns = &target.namespace;
         let stop = harvest.cancelled || harvest.hung_resume || harvest.blocker.is_some();
         if stop {
-            if let Err(err) = objects::delete_job(&target.client, ns, job_name, true).await {
-                self.notice(format!("could not delete Job {ns}/{job_name}: {err}"))
-                    .await;
-                return;
+            match objects::delete_job(&target.client, ns, job_name, true).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    self.notice(format!("could not delete Job {ns}/{job_name}: {err}"))
+                        .await;
+                    return;
+                }
             }
             let bound = self.engine.options.bounds.cancel;
             if tokio::time::timeout(bound, wait_until_gone(sub))
@@ -422,17 +446,11 @@ async fn wait_until_free(sub: &mut Subscription) {
     }
 }
 
-/// Until the Job and its pod are gone.
+/// Until the Job, deleted in the foreground, and so its pod are gone.
 async fn wait_until_gone(sub: &mut Subscription) {
-    let (mut job_gone, mut pod_gone) = (false, false);
+    // A foreground deletion removes the Job only once its pod is gone.
     while let Some(update) = sub.recv().await {
-        match update {
-            Update::JobGone => job_gone = true,
-            Update::PodGone(_) => pod_gone = true,
-            Update::Pod(_) => pod_gone = false,
-            _ => {}
-        }
-        if job_gone && pod_gone {
+        if matches!(update, Update::JobGone) {
             return;
         }
     }
@@ -468,6 +486,8 @@ struct Follow {
     exit: Option<Exit>,
     job_end: Option<JobEnd>,
     blocker: Option<Blocker>,
+    /// A blocker seen in the pod's status, and when it becomes fatal if it lasts.
+    pending: Option<(Blocker, Instant)>,
     scale_up: bool,
     last_warning: Option<String>,
     seen_events: HashSet<(String, i32)>,
@@ -496,6 +516,7 @@ impl Follow {
             exit: None,
             job_end: None,
             blocker: None,
+            pending: None,
             scale_up: false,
             last_warning: None,
             seen_events: HashSet::new(),
@@ -565,18 +586,35 @@ impl Follow {
             self.settle_from.get_or_insert_with(Instant::now);
         }
         logs::set_state(&self.state_tx, state);
-        if self.blocker.is_none() {
-            self.blocker = status::pod_blocker(pod, CONTAINER_NAME);
-        }
-        if self.blocker.is_none()
-            && !self.scale_up
-            && let Some(message) = status::unschedulable(pod)
-        {
-            self.blocker = Some(Blocker {
-                code: ErrorCode::K8sPodUnschedulable,
-                message: format!("pod cannot be scheduled: {message}"),
+        // A pod that cannot run fails the run only once that has lasted: the kubelet retries a
+        // failed pull, a missing Secret can be created, an autoscaler can add a node.
+        let blocked = status::pod_blocker(pod, CONTAINER_NAME)
+            .map(|blocker| {
+                let immediate = blocker.message.starts_with("InvalidImageName")
+                    || blocker.message.starts_with("ErrImageNeverPull");
+                let grace = if immediate {
+                    Duration::ZERO
+                } else {
+                    self.bounds.blocked
+                };
+                (blocker, grace)
+            })
+            .or_else(|| {
+                let message = status::unschedulable(pod).filter(|_| !self.scale_up)?;
+                let blocker = Blocker {
+                    code: ErrorCode::K8sPodUnschedulable,
+                    message: format!("pod cannot be scheduled: {message}"),
+                };
+                Some((blocker, self.bounds.unschedulable))
             });
-        }
+        self.pending = match (blocked, self.pending.take()) {
+            // Still blocked the same way: keep the clock running, take the newest message.
+            (Some((blocker, _)), Some((previous, fatal_at))) if previous.code == blocker.code => {
+                Some((blocker, fatal_at))
+            }
+            (Some((blocker, grace)), _) => Some((blocker, Instant::now() + grace)),
+            (None, _) => None,
+        };
     }
 
     /// Take in a Kubernetes Event; returns the run-log line for it when it is new.
@@ -591,11 +629,15 @@ impl Follow {
         let warning = event.type_.as_deref() == Some("Warning");
         if reason == "TriggeredScaleUp" {
             self.scale_up = true;
+            self.pending
+                .take_if(|(b, _)| b.code == ErrorCode::K8sPodUnschedulable);
         }
         if warning {
             self.last_warning = Some(format!("{reason}: {message}"));
         }
-        if self.blocker.is_none() {
+        // Only for a container that never started: an adopted Job's replayed history must not
+        // stop it now.
+        if self.blocker.is_none() && self.started_at.is_none() {
             self.blocker = status::event_blocker(event).or_else(|| {
                 (reason == "FailedCreate" && message.contains("violates PodSecurity")).then(|| {
                     Blocker {
@@ -665,9 +707,26 @@ impl Follow {
         self.settle_from.is_some_and(|from| from.elapsed() >= grace)
     }
 
+    /// A blocker that lasted its grace ends the run.
+    fn promote_pending(&mut self) {
+        if self.blocker.is_none()
+            && self.job_end.is_none()
+            && self.exit.is_none()
+            && self
+                .pending
+                .as_ref()
+                .is_some_and(|(_, at)| Instant::now() >= *at)
+        {
+            self.blocker = self.pending.take().map(|(blocker, _)| blocker);
+        }
+    }
+
     fn next_deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
         let mut deadlines = vec![far];
+        if let Some((_, at)) = &self.pending {
+            deadlines.push(*at);
+        }
         if let Some(from) = self.settle_from {
             deadlines.push(from + SETTLE);
             if self.pod_name.is_none() {

@@ -85,9 +85,19 @@ impl Harness {
 
     /// One run with default bounds and `extra` config; it must reach an outcome.
     pub(crate) async fn run(&self, request: RunRequest, extra: Value) -> (RunResult, Collect) {
+        self.run_bounded(Bounds::default(), request, extra).await
+    }
+
+    /// One run with `bounds` and `extra` config; it must reach an outcome.
+    pub(crate) async fn run_bounded(
+        &self,
+        bounds: Bounds,
+        request: RunRequest,
+        extra: Value,
+    ) -> (RunResult, Collect) {
         let sink = Collect::default();
         let result = self
-            .engine(Bounds::default())
+            .engine(bounds)
             .run(
                 request,
                 &self.config(extra),

@@ -283,11 +283,17 @@ async fn oom_killed_is_reported_as_such() {
 }
 
 #[tokio::test]
-async fn an_image_that_cannot_be_pulled_fails_fast_and_leaves_nothing() {
+async fn an_image_that_cannot_be_pulled_fails_once_the_kubelet_keeps_failing() {
     let h = Harness::start().await;
     h.cluster.faults().image_pull_fail("does-not-exist");
+    let bounds = Bounds {
+        blocked: Duration::from_secs(2),
+        ..Bounds::default()
+    };
+    let started = std::time::Instant::now();
     let (result, _) = h
-        .run(
+        .run_bounded(
+            bounds,
             request("run-pull", "agent-1"),
             json!({"image": "registry.example/does-not-exist:1"}),
         )
@@ -302,20 +308,97 @@ async fn an_image_that_cannot_be_pulled_fails_fast_and_leaves_nothing() {
         message.contains("ErrImagePull") && message.contains("registry.example/does-not-exist:1"),
         "{message}"
     );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "a pull that fails once is retried by the kubelet: the run waits out the grace"
+    );
     assert!(h.jobs().is_empty(), "the Job is deleted");
 }
 
 #[tokio::test]
-async fn an_unschedulable_pod_fails_with_the_schedulers_reason() {
+async fn an_unschedulable_pod_fails_with_the_schedulers_reason_once_it_lasts() {
     let h = Harness::start().await;
     h.cluster.faults().unschedulable("*");
-    let (result, _) = h.run(request("run-nosched", "agent-1"), json!({})).await;
+    let bounds = Bounds {
+        unschedulable: Duration::from_secs(1),
+        ..Bounds::default()
+    };
+    let (result, _) = h
+        .run_bounded(bounds, request("run-nosched", "agent-1"), json!({}))
+        .await;
     assert_eq!(
         result.error_code,
         Some(ErrorCode::K8sPodUnschedulable),
         "{result:?}"
     );
+    assert!(
+        result
+            .error_message
+            .unwrap_or_default()
+            .contains("pod cannot be scheduled"),
+        "the scheduler's reason is kept"
+    );
     assert!(h.jobs().is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_session_with_retained_jobs_still_retries_fresh() {
+    let h = Harness::start().await;
+    let out = h.file("run1.jsonl", &fixture("opencode/run1.stdout.jsonl"));
+    h.opencode(&format!(
+        "cat > /dev/null\ncase \" $* \" in *' --session '*) echo 'Error: Session not found' >&2; exit 1;; esac\ncat {}",
+        out.display()
+    ));
+    let mut req = request("run-stale-kept", "agent-1");
+    req.resume = resume("ses_gone", "/paperclip/workspaces/project");
+    let (result, sink) = h.run(req, json!({"retainJobs": true})).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    assert_eq!(result.attempts, 2);
+    assert!(
+        result.job_name.ends_with("-a2"),
+        "the retry ran its own Job: {}",
+        result.job_name
+    );
+    assert_eq!(
+        sink.output().matches("Error: Session not found").count(),
+        1,
+        "the first attempt's output is delivered once"
+    );
+    assert_eq!(h.jobs().len(), 2, "both attempts' Jobs are retained");
+}
+
+#[tokio::test]
+async fn a_secret_that_cannot_be_owned_takes_its_job_back() {
+    let h = Harness::start().await;
+    h.opencode("cat > /dev/null; exec sleep 600");
+    h.cluster
+        .faults()
+        .fail_next(opencode_k8s_testkit::Verb::Patch, "secrets", 20, 500);
+    let err = h
+        .engine(Bounds::default())
+        .run(
+            request("run-unowned", "agent-1"),
+            &h.config(json!({})),
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::K8sJobCreateFailed, "{err}");
+    let name = opencode_k8s_core::manifest::object_name(Some("Fake Agent"), "run-unowned", 1);
+    h.cluster
+        .wait_for(Resource::Jobs, NS, &name, Duration::from_secs(10), |job| {
+            job.is_none()
+        })
+        .await
+        .expect("no Job is left running unfollowed");
+    assert!(
+        h.cluster
+            .list_json(Resource::Secrets, Some(NS))
+            .iter()
+            .all(|s| s["metadata"]["name"] == "paperclip-secrets"),
+        "no Secret with the prompt and token is left behind"
+    );
 }
 
 #[tokio::test]
