@@ -365,7 +365,7 @@ pub(crate) async fn follow(
                 // A kubelet the API server cannot reach fails every time: back off further.
                 retry.failed();
             }
-            Err(ReadFailure::Cancelled) => return Ok(stats),
+            Err(ReadFailure::Cancelled | ReadFailure::Gone) => return Ok(stats),
         }
         // A stream that ended (cut, or the container just exited): wait briefly — or until the
         // pod watch reports a change — before the next connection, growing the pause while
@@ -458,14 +458,15 @@ pub async fn follow_pod_output(
 enum ReadFailure {
     Fatal(kube::Error),
     Transient(String),
+    /// The pod is gone (deleted with its Job): there is nothing more to read.
+    Gone,
     Cancelled,
 }
 
 fn classify(err: kube::Error) -> ReadFailure {
     match &err {
-        kube::Error::Api(status) if matches!(status.code, 401 | 403 | 404) => {
-            ReadFailure::Fatal(err)
-        }
+        kube::Error::Api(status) if status.code == 404 => ReadFailure::Gone,
+        kube::Error::Api(status) if matches!(status.code, 401 | 403) => ReadFailure::Fatal(err),
         _ => ReadFailure::Transient(err.to_string()),
     }
 }
