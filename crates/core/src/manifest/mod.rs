@@ -69,6 +69,8 @@ pub const CONTAINER_NAME: &str = "opencode";
 pub const PROMPT_KEY: &str = "prompt";
 /// Secret key (and env name) of the agent's Paperclip token.
 pub const API_KEY_KEY: &str = "PAPERCLIP_API_KEY";
+/// Prefix of Secret keys holding inherited literal env values whose names look secret.
+pub const INHERITED_KEY_PREFIX: &str = "inherited.";
 /// Prefix of Secret keys holding config `env` values.
 pub const ENV_KEY_PREFIX: &str = "env.";
 /// Largest total of Secret keys and values the engine creates. The API server refuses
@@ -364,6 +366,17 @@ pub fn render(
         };
         data.insert(format!("{ENV_KEY_PREFIX}{env_name}"), value.into_bytes());
     }
+    for var in inherited.map(|p| p.env.as_slice()).unwrap_or_default() {
+        if var.name == API_KEY_KEY {
+            continue;
+        }
+        if let Some(value) = secret_literal(var) {
+            data.insert(
+                format!("{INHERITED_KEY_PREFIX}{}", var.name),
+                value.as_bytes().to_vec(),
+            );
+        }
+    }
     let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
     if bytes > SECRET_LIMIT_BYTES {
         return Err(ManifestError::PromptTooLarge {
@@ -595,6 +608,17 @@ fn opencode_config_content(
     Some(object.to_string())
 }
 
+/// The value of an inherited variable written literally in the Paperclip container whose name
+/// says it is a credential (`..._API_KEY`, `..._TOKEN`, `..._SECRET`, `..._PASSWORD`...): it moves
+/// into the per-run Secret, so nobody who can read Jobs reads it.
+fn secret_literal(var: &EnvVar) -> Option<&str> {
+    let name = var.name.to_ascii_uppercase();
+    let secret = ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"]
+        .iter()
+        .any(|word| name.contains(word));
+    var.value.as_deref().filter(|v| secret && !v.is_empty())
+}
+
 fn build_env(
     req: &RunRequest,
     inherited: Option<&InheritedPod>,
@@ -604,7 +628,15 @@ fn build_env(
 ) -> Vec<EnvVar> {
     let mut env = EnvList::default();
     for var in inherited.map(|p| p.env.as_slice()).unwrap_or_default() {
-        env.set(var.clone());
+        if secret_literal(var).is_some() {
+            env.secret_ref(
+                &var.name,
+                secret_name,
+                &format!("{INHERITED_KEY_PREFIX}{}", var.name),
+            );
+        } else {
+            env.set(var.clone());
+        }
     }
     // The Paperclip pod's own key must never reach an agent; the run's key is set below.
     env.remove(API_KEY_KEY);

@@ -583,8 +583,12 @@ fn the_servers_own_secrets_never_reach_an_agent() {
         assert!(!job.contains(secret), "{secret} leaked into the Job");
     }
     assert!(
-        job.contains("sk-agents-need-this"),
-        "ordinary env is still inherited"
+        !job.contains("sk-agents-need-this"),
+        "a literal credential the agents need reaches them through the per-run Secret"
+    );
+    assert_eq!(
+        rendered.secret.data.as_ref().unwrap()["inherited.OPENAI_API_KEY"].0,
+        b"sk-agents-need-this"
     );
     let container = &rendered.job.spec.unwrap().template.spec.unwrap().containers[0];
     let masked: Vec<&str> = container
