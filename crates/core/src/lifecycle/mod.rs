@@ -54,6 +54,9 @@ pub struct Bounds {
     /// A scheduled pod may stay Unschedulable this long before the run fails (an autoscaler's
     /// `TriggeredScaleUp` extends it to `schedule`).
     pub unschedulable: Duration,
+    /// After the Job or the container ended, how long to wait — without any output arriving —
+    /// for the other (and the last log bytes) before harvesting with what is known.
+    pub settle: Duration,
     /// A container may wait this long in ErrImagePull/ImagePullBackOff or a container config
     /// error (the kubelet retries; a missing Secret can still be created) before the run fails.
     pub blocked: Duration,
@@ -69,6 +72,7 @@ impl Default for Bounds {
             cancel: Duration::from_secs(45),
             unschedulable: Duration::from_secs(60),
             blocked: Duration::from_secs(30),
+            settle: Duration::from_secs(30),
         }
     }
 }

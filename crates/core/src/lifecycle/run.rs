@@ -24,9 +24,6 @@ use crate::event::{RunEvent, RunSink};
 use crate::manifest::{self, CONTAINER_NAME, InheritedPod, Rendered, ResumeDecision, RunRequest};
 use crate::parse::{OutputParser, RunOutput};
 
-/// After the Job or the container ended, how long to wait — without any output arriving — for
-/// the other (and the last log bytes) before harvesting with what is known.
-const SETTLE: Duration = Duration::from_secs(30);
 /// A Job that ended before its pod was seen: the pod watch is a separate stream and may lag the
 /// Job's; wait this long for the pod before concluding there was none.
 const POD_GRACE: Duration = Duration::from_secs(3);
@@ -685,7 +682,7 @@ impl Follow {
                 Done::Vanished
             });
         }
-        let settled = self.waited(SETTLE);
+        let settled = self.waited(self.bounds.settle);
         match (&self.job_end, &self.exit) {
             (Some(_), Some(_)) if logs_complete => Some(Done::Finished),
             // A Job that ended without its container ever running (deadline while pending).
@@ -728,7 +725,7 @@ impl Follow {
             deadlines.push(*at);
         }
         if let Some(from) = self.settle_from {
-            deadlines.push(from + SETTLE);
+            deadlines.push(from + self.bounds.settle);
             if self.pod_name.is_none() {
                 deadlines.push(from + POD_GRACE);
             }

@@ -293,3 +293,49 @@ async fn following_a_pod_from_outside_a_run_is_exactly_once_through_cuts() {
         "the whole output, once, despite the cuts"
     );
 }
+
+/// A sink as slow as a busy host: every output chunk takes 20 ms.
+#[derive(Default, Clone)]
+struct SlowSink(Collect);
+
+impl opencode_k8s_core::event::RunSink for SlowSink {
+    fn emit(&self, event: RunEvent) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if matches!(event, RunEvent::Output { .. }) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.0.emit(event).await;
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_slow_sink_still_gets_the_whole_output_after_the_container_ended() {
+    let h = Harness::start().await;
+    h.opencode(
+        "cat > /dev/null\ni=0\nwhile [ $i -lt 200 ]; do printf 'line %d ' $i; head -c 20000 /dev/zero | tr '\\0' x; echo; i=$((i + 1)); done",
+    );
+    let bounds = Bounds {
+        settle: Duration::from_secs(1),
+        ..Bounds::default()
+    };
+    let sink = SlowSink::default();
+    let result = h
+        .engine(bounds)
+        .run(
+            request("run-slow-sink", "agent-1"),
+            &h.config(json!({})),
+            &sink,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.status, RunStatus::Succeeded);
+    let output = sink.0.output();
+    assert_eq!(
+        output.lines().count(),
+        200,
+        "every line, though delivery outlasts the settle time"
+    );
+    assert!(output.lines().last().unwrap().starts_with("line 199 "));
+}
