@@ -248,7 +248,9 @@ async fn following_a_pod_from_outside_a_run_is_exactly_once_through_cuts() {
     h.cluster
         .faults()
         .cut_logs(LogCut::Every(Duration::from_millis(100)));
-    let config = h.config(json!({}));
+    // The run keeps its Job and pod: once a pod is deleted its log is gone for every reader, and
+    // the run's own cleanup would race the outside follower's last read.
+    let config = h.config(json!({"retainJobs": true}));
     let engine = h.engine(Bounds::default());
     let run_sink = Collect::default();
     let run = engine.run(
