@@ -226,14 +226,10 @@ async fn exactly_the_rules_of_the_table_are_enough_to_run() {
         sink.output().as_bytes(),
         fixture("opencode/run1.stdout.jsonl")
     );
-    h.cluster
-        .wait_for(
-            Resource::Jobs,
-            NS,
-            &result.job_name,
-            std::time::Duration::from_secs(10),
-            |job| job.is_none(),
-        )
-        .await
-        .expect("the Job is cleaned up with the table's verbs");
+    h.wait_gone(
+        Resource::Jobs,
+        &result.job_name,
+        "the Job is cleaned up with the table's verbs",
+    )
+    .await;
 }

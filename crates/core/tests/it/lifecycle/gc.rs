@@ -117,14 +117,9 @@ async fn finished_jobs_and_orphaned_secrets_go_running_jobs_stay() {
     assert_eq!(report.jobs.len(), 1, "{report:#?}");
     assert!(report.failures.is_empty(), "{report:#?}");
     for gone in ["oc-done"] {
-        h.cluster
-            .wait_for(Resource::Jobs, NS, gone, WAIT, |j| j.is_none())
-            .await
-            .unwrap();
-        h.cluster
-            .wait_for(Resource::Secrets, NS, gone, WAIT, |s| s.is_none())
-            .await
-            .unwrap();
+        h.wait_gone(Resource::Jobs, gone, "gc deletes the finished Job")
+            .await;
+        h.wait_gone(Resource::Secrets, gone, "and its Secret").await;
     }
     assert!(!exists(&h, Resource::Secrets, "oc-unowned"));
     assert!(exists(&h, Resource::Jobs, "oc-running"));

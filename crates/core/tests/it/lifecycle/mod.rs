@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use opencode_k8s_core::config::AgentConfig;
 use opencode_k8s_core::event::{RunEvent, RunSink};
 use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, RunResult, SelfPod};
 use opencode_k8s_core::manifest::{RunRequest, SessionResume};
-use opencode_k8s_testkit::{Cluster, ClusterOptions};
+use opencode_k8s_testkit::{Cluster, ClusterOptions, Resource};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -107,6 +108,16 @@ impl Harness {
             .await
             .unwrap_or_else(|err| panic!("the run reaches an outcome: {err}\n{:?}", sink.lines()));
         (result, sink)
+    }
+
+    /// Waits (bounded) until `name` of `resource` no longer exists; panics with `what` if it stays.
+    pub(crate) async fn wait_gone(&self, resource: Resource, name: &str, what: &str) {
+        self.cluster
+            .wait_for(resource, NS, name, Duration::from_secs(20), |object| {
+                object.is_none()
+            })
+            .await
+            .unwrap_or_else(|err| panic!("{what}: {err}"));
     }
 
     pub(crate) fn jobs(&self) -> Vec<Value> {

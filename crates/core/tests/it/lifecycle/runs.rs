@@ -61,26 +61,18 @@ async fn a_successful_run_delivers_its_output_and_result_and_cleans_up() {
             .any(|l| l.starts_with("[k8s] Normal Started pod/")),
         "{lines:?}"
     );
-    h.cluster
-        .wait_for(
-            Resource::Jobs,
-            NS,
-            &result.job_name,
-            Duration::from_secs(10),
-            |job| job.is_none(),
-        )
-        .await
-        .expect("the Job is deleted after the run");
-    h.cluster
-        .wait_for(
-            Resource::Secrets,
-            NS,
-            &result.job_name,
-            Duration::from_secs(10),
-            |s| s.is_none(),
-        )
-        .await
-        .expect("its Secret goes with it");
+    h.wait_gone(
+        Resource::Jobs,
+        &result.job_name,
+        "the Job is deleted after the run",
+    )
+    .await;
+    h.wait_gone(
+        Resource::Secrets,
+        &result.job_name,
+        "its Secret goes with it",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -386,12 +378,8 @@ async fn a_secret_that_cannot_be_owned_takes_its_job_back() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::K8sJobCreateFailed, "{err}");
     let name = opencode_k8s_core::manifest::object_name(Some("Fake Agent"), "run-unowned", 1);
-    h.cluster
-        .wait_for(Resource::Jobs, NS, &name, Duration::from_secs(10), |job| {
-            job.is_none()
-        })
-        .await
-        .expect("no Job is left running unfollowed");
+    h.wait_gone(Resource::Jobs, &name, "no Job is left running unfollowed")
+        .await;
     assert!(
         h.cluster
             .list_json(Resource::Secrets, Some(NS))
@@ -462,14 +450,6 @@ async fn cancel_deletes_the_job_pod_and_secret() {
             .all(|p| p["metadata"]["name"] == "paperclip"),
         "pod gone"
     );
-    h.cluster
-        .wait_for(
-            Resource::Secrets,
-            NS,
-            &result.job_name,
-            Duration::from_secs(10),
-            |s| s.is_none(),
-        )
-        .await
-        .expect("Secret gone");
+    h.wait_gone(Resource::Secrets, &result.job_name, "Secret gone")
+        .await;
 }
