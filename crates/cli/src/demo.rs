@@ -614,7 +614,7 @@ mod tests {
     fn events_render_readably() {
         let fixture = |name: &str| {
             let path = format!(
-                "{}/../../../shared/fixtures/opencode/{name}",
+                "{}/../../fixtures/opencode/{name}",
                 env!("CARGO_MANIFEST_DIR")
             );
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))

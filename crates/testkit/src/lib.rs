@@ -7,7 +7,7 @@
 //! beyond a private mount namespace.
 //!
 //! Where the engine could tell it apart from a real cluster it behaves like one (kube-apiserver
-//! v1.36, see `shared/fixtures/kube/`): status codes, `Status` bodies, object shapes and
+//! v1.36, see `fixtures/kube/`): status codes, `Status` bodies, object shapes and
 //! defaults, resourceVersion and watch semantics, Job conditions and events.
 //!
 //! ```no_run

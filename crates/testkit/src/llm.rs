@@ -2,7 +2,7 @@
 //!
 //! It serves `GET /v1/models` and streaming (SSE) or plain `POST /v1/chat/completions` on
 //! 127.0.0.1, the wire format `@ai-sdk/openai-compatible` (OpenCode's provider) accepts, as
-//! captured in `shared/fixtures/opencode/`. The behaviour of a request is chosen by its model id
+//! captured in `fixtures/opencode/`. The behaviour of a request is chosen by its model id
 //! ([`Behaviour`]), so one OpenCode config (see [`FakeLlm::opencode_config`]) covers every
 //! scenario. Every completion reports token usage ([`ReportedUsage`]) and every model has a price
 //! ([`PRICE`]), so a test can check the usage and cost a run reports against what was served.

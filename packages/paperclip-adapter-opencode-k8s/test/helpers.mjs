@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 
 export const PACKAGE_DIR = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const REPO_DIR = join(PACKAGE_DIR, "..", "..");
-export const FIXTURES = join(REPO_DIR, "..", "shared", "fixtures");
+export const FIXTURES = join(REPO_DIR, "fixtures");
 export const NS = "paperclip";
 export const CWD = "/paperclip/workspaces/project";
 

@@ -131,7 +131,7 @@ pub(crate) fn run_args<'a>(config: &'a str, prompt: &'a str, more: &[&'a str]) -
 pub(crate) fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures")
+            .join("../../fixtures")
             .join(path),
     )
     .unwrap()

@@ -653,7 +653,7 @@ mod tests {
     fn the_real_kubelet_capture_is_delivered_without_prefixes() {
         let raw = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/kube/31-log-follow-timestamps.raw"
+            "/../../fixtures/kube/31-log-follow-timestamps.raw"
         ))
         .unwrap();
         let mut cursor = LogCursor::default();

@@ -171,7 +171,7 @@ mod tests {
 
     fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
         let path = format!(
-            "{}/../../../shared/fixtures/kube/{name}",
+            "{}/../../fixtures/kube/{name}",
             env!("CARGO_MANIFEST_DIR")
         );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn terminated_while_phase_still_running_counts_as_terminated() {
         let lines = std::fs::read_to_string(format!(
-            "{}/../../../shared/fixtures/kube/40-watch-pod-lifecycle.jsonl",
+            "{}/../../fixtures/kube/40-watch-pod-lifecycle.jsonl",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();

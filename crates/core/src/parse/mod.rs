@@ -8,7 +8,7 @@
 //! non-JSON output. [`OutputParser::finish`] turns that plus the container's exit code into a
 //! [`RunOutput`]. The parser never keeps the output itself; the log path forwards it separately.
 //!
-//! Facts this relies on (opencode-ai 1.18.33, `shared/fixtures/opencode/`):
+//! Facts this relies on (opencode-ai 1.18.33, `fixtures/opencode/`):
 //! - `step_finish.part.tokens.input` already **excludes** cache reads: the fake LLM reported
 //!   `prompt_tokens: 120` with `cached_tokens: 20`, and OpenCode printed `input: 100`,
 //!   `cache.read: 20`. So [`Usage::input_tokens`] is the uncached input and

@@ -234,7 +234,7 @@ fn the_field_table_documents_every_default_the_parser_applies() {
 fn refused_value(fixture: &str) -> String {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/kube/"
+        "/../../fixtures/kube/"
     );
     let status: Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{path}{fixture}")).unwrap())

@@ -14,7 +14,7 @@ use opencode_k8s_core::manifest::{
 use serde_json::{Value, json};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 const API_KEY: &str = "pcp-agent-jwt-SECRET-do-not-leak";
 const PROMPT: &str = "You are agent Echo Agent. Continue your Paperclip work.\n";
 const CWD: &str = "/paperclip/workspaces/app";

@@ -1,4 +1,4 @@
-//! The OpenCode output parser against every recorded scenario in `shared/fixtures/opencode/`
+//! The OpenCode output parser against every recorded scenario in `fixtures/opencode/`
 //! (real opencode-ai 1.18.33 output): the facts a user sees in Paperclip for each run.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use proptest::prelude::*;
 fn fixtures_dir() -> PathBuf {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/opencode"
+        "/../../fixtures/opencode"
     ))
     .to_path_buf()
 }

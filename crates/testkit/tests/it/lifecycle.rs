@@ -269,7 +269,7 @@ async fn log_options_select_lines_like_the_kubelet() {
         "the last line keeps having no newline"
     );
     let their_first = std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/kube/31-log-follow-timestamps.raw",
+        "{}/../../fixtures/kube/31-log-follow-timestamps.raw",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();

@@ -143,10 +143,10 @@ pub async fn pod_log(cluster: &Cluster, pod: &str) -> Answer {
     .await
 }
 
-/// A captured response body from `shared/fixtures/kube/`.
+/// A captured response body from `fixtures/kube/`.
 pub fn fixture(name: &str) -> Value {
     let path = format!(
-        "{}/../../../shared/fixtures/kube/{name}",
+        "{}/../../fixtures/kube/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -156,7 +156,7 @@ pub fn fixture(name: &str) -> Value {
 /// The status code of a captured request (`NAME.request` starts with it).
 pub fn fixture_code(name: &str) -> u16 {
     let path = format!(
-        "{}/../../../shared/fixtures/kube/{name}.request",
+        "{}/../../fixtures/kube/{name}.request",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -88,7 +88,7 @@ async fn watch_from_zero_with_initial_events_ends_with_the_annotated_bookmark() 
     let got = watch(&cluster, &path).await;
     assert_eq!(got[0]["type"], "ADDED");
     let theirs: Vec<Value> = std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/kube/21-watch-jobs-from-rv0.jsonl",
+        "{}/../../fixtures/kube/21-watch-jobs-from-rv0.jsonl",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

@@ -202,7 +202,7 @@ impl Collect {
 pub(crate) fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures")
+            .join("../../fixtures")
             .join(path),
     )
     .unwrap()
