@@ -4,6 +4,7 @@
 //! stable error code and exit status ([`exit_status`], the table in `--help`).
 
 mod cluster;
+#[cfg(feature = "demo")]
 mod demo;
 mod doctor;
 mod gc;
@@ -55,6 +56,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Try it on this machine: one agent turn on a simulated cluster with a fake LLM, live.
+    #[cfg(feature = "demo")]
     Demo(demo::Args),
     /// Run one agent turn as a Kubernetes Job, streaming its output; Ctrl-C cancels it.
     Run(run::Args),
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Doctor(args) => doctor::run(&args).await,
