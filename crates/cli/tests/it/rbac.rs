@@ -42,6 +42,6 @@ fn invalid_names_are_refused_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         crate::stderr(&out),
-        "error: failed to use --namespace Paperclip: not a Kubernetes name; use lowercase letters, digits and `-`\ncode: config_invalid\n"
+        "error: failed to use --namespace Paperclip: not a Kubernetes name; use lowercase letters, digits and `-`\ncode: config_invalid\nhint: README.md, Troubleshooting, `config_invalid`: what it means, what to check, how to fix it\n"
     );
 }
