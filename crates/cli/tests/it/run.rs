@@ -190,6 +190,24 @@ async fn a_named_pod_that_does_not_exist_fails_and_creates_nothing() {
         secrets,
         "no Secret is created"
     );
+    // With --json, stdout still holds one JSON document: the error.
+    let out = run(
+        &sim,
+        json!({"image": "ghcr.io/example/opencode:1"}),
+        "Say hi.",
+        &["--pod", "paperclip/no-such-pod", "--json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let error: Value = serde_json::from_str(&stdout(&out)).expect("stdout is one JSON document");
+    assert_eq!(error["error"]["code"], "config_invalid");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed to find the Paperclip pod paperclip/no-such-pod named by --pod"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
