@@ -1,7 +1,11 @@
 //! `opencode-k8s`: the operator's command line over the engine.
 //!
 //! One module per subcommand; each returns `anyhow::Result` and this file maps failures to the
-//! stable error code and exit status ([`exit_status`], the table in `--help`).
+//! stable error code and exit status ([`exit_status`], the table in `--help`). What several
+//! subcommands share is declared once: flags in `cluster` (`--kubeconfig`/`-n`, `--pod`/
+//! `--no-inherit`) and `request` (what one run is), printing in `output`, logging in
+//! `diagnostics`. `demo` embeds the simulated cluster and exists only with the default `demo`
+//! feature; the operator build (`--no-default-features`) has no test double in it.
 
 mod cluster;
 #[cfg(feature = "demo")]
