@@ -7,7 +7,6 @@
 //! result and the Job the run created. The pod runs the real `opencode` when it is installed
 //! (`scripts/setup-opencode`) and otherwise a clearly labelled scripted stand-in.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -20,9 +19,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use opencode_k8s_core::config::AgentConfig;
-use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::event::{RunEvent, RunSink};
-use opencode_k8s_core::lifecycle::{Engine, EngineOptions, RunResult, RunStatus, SelfPod};
+use opencode_k8s_core::lifecycle::{Engine, EngineOptions, RunResult, SelfPod};
 use opencode_k8s_core::manifest::RunRequest;
 use opencode_k8s_core::parse::strip_ansi;
 use opencode_k8s_testkit::llm::{self, Behaviour};
@@ -30,11 +28,13 @@ use opencode_k8s_testkit::{Cluster, ClusterOptions, FakeLlm, Resource};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::exit_status;
+use crate::output::{result_exit_code, result_text};
+use crate::request::RequestArgs;
 
 const NAMESPACE: &str = "paperclip";
 const COMPANY: &str = "demo-company";
 const AGENT: &str = "demo-agent";
+const RUN_ID: &str = "demo-run-1";
 const CWD: &str = "/paperclip/workspaces/demo";
 const DEFAULT_PROMPT: &str = "Run `echo hello-from-tool` and tell me what it printed.";
 
@@ -157,23 +157,18 @@ async fn demo(args: Args, say: &Say) -> anyhow::Result<ExitCode> {
         partial: Mutex::new(String::new()),
     };
     let cancel = CancellationToken::new();
-    let on_ctrl_c = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
+    let on_ctrl_c = crate::cancel_on_ctrl_c(cancel.clone());
     let outcome = engine
-        .run(request(&args.prompt), &config, &sink, cancel)
+        .run(request(&args.prompt)?, &config, &sink, cancel)
         .await;
     on_ctrl_c.abort();
     sink.flush();
     let result = outcome?;
 
     say("");
-    print_result(&result, say);
+    for line in result_text(&result).lines() {
+        say(line);
+    }
     print_job(&cluster, &result, say);
     cluster.shutdown().await;
     say("");
@@ -184,12 +179,7 @@ async fn demo(args: Args, say: &Say) -> anyhow::Result<ExitCode> {
     if matches!(agent, Agent::Scripted(_)) {
         say("This was the scripted stand-in; run scripts/setup-opencode for the real opencode.");
     }
-    Ok(match result.status {
-        RunStatus::Succeeded => ExitCode::SUCCESS,
-        _ => ExitCode::from(exit_status(
-            result.error_code.unwrap_or(ErrorCode::AdapterInternal),
-        )),
-    })
+    Ok(result_exit_code(&result))
 }
 
 fn choose_agent(args: &Args) -> Agent {
@@ -227,20 +217,21 @@ fn config(
     Ok(AgentConfig::from_json(&config)?)
 }
 
-fn request(prompt: &str) -> RunRequest {
-    RunRequest {
-        run_id: "demo-run-1".into(),
+/// The demo's run, as Paperclip would send it for an agent's first turn.
+fn request(prompt: &str) -> anyhow::Result<RunRequest> {
+    RequestArgs {
+        prompt: Some(prompt.to_owned()),
+        prompt_file: None,
+        run_id: Some(RUN_ID.into()),
         agent_id: AGENT.into(),
         company_id: COMPANY.into(),
         agent_name: Some("Demo Agent".into()),
         task_key: None,
-        prompt: prompt.into(),
         cwd: Some(CWD.into()),
-        paperclip_env: BTreeMap::new(),
-        api_key: None,
-        resume: None,
-        attempt: 1,
+        session: None,
+        session_cwd: None,
     }
+    .request(|| RUN_ID.into(), prompt)
 }
 
 /// One line on stdout; a closed pipe must not stop the demo.
@@ -395,47 +386,6 @@ fn indent(first: &str, text: &str) -> Vec<String> {
         .collect()
 }
 
-fn print_result(result: &RunResult, say: &Say) {
-    let status = match result.status {
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::TimedOut => "timed out",
-        RunStatus::Cancelled => "cancelled",
-    };
-    say("Result");
-    let exit = result
-        .exit_code
-        .map_or_else(|| "no exit code".to_owned(), |c| format!("exit {c}"));
-    let code = result
-        .error_code
-        .map(|c| format!(", {c}"))
-        .unwrap_or_default();
-    say(&format!("  status:   {status} ({exit}{code})"));
-    if let Some(message) = &result.error_message {
-        say(&format!("  error:    {message}"));
-    }
-    if let Some(session) = &result.session {
-        say(&format!(
-            "  session:  {} (cwd {}; stored to resume the next turn)",
-            session.session_id,
-            session.cwd.as_deref().unwrap_or("unknown")
-        ));
-    }
-    let usage = &result.usage;
-    say(&format!(
-        "  usage:    {} input, {} cached input, {} output tokens",
-        usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
-    ));
-    say(&format!(
-        "  cost:     ${:.6} ({}/{})",
-        result.cost_usd, result.provider, result.model
-    ));
-    if let Some(summary) = &result.summary {
-        say(&format!("  summary:  {}", summary.trim_end()));
-    }
-    say(&format!("  attempts: {}", result.attempts));
-}
-
 /// The Job the run created, as the cluster stored it: identity, labels, the pod's security
 /// settings and command; env by name only (values may be secrets and live in the Secret).
 fn print_job(cluster: &Cluster, result: &RunResult, say: &Say) {
@@ -580,7 +530,7 @@ mod tests {
             .find(&format!("  assistant: {}", llm::TOOL_REPLY))
             .unwrap_or_else(|| panic!("the reply is shown live: {out}"));
         let result = out
-            .find("  status:   succeeded (exit 0)")
+            .find("[opencode-k8s] result: succeeded (exit 0), Job paperclip/")
             .unwrap_or_else(|| panic!("the result is shown: {out}"));
         assert!(tool < reply && reply < result, "{out}");
         assert!(out.contains("  session:  ses_"), "{out}");
@@ -602,7 +552,7 @@ mod tests {
         position("SCRIPTED STAND-IN for opencode");
         let live = position("  | opencode (scripted stand-in)");
         let tool = position("  tool bash (completed): id -u\n    -> 1000");
-        let result = position("  status:   succeeded (exit 0)");
+        let result = position("[opencode-k8s] result: succeeded (exit 0), Job paperclip/");
         position("  cost:     $0.000822");
         let job = position("The Job it created");
         position("runAsUser: 1000");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use opencode_k8s_core::lifecycle::{CheckStatus, DoctorReport, DoctorTarget, doctor};
 
-use crate::cluster::{ClusterArgs, self_pod};
+use crate::cluster::{ClusterArgs, InheritArgs};
 
 /// Options of `doctor`.
 #[derive(Debug, clap::Args)]
@@ -20,13 +20,8 @@ status is 1 when any check failed, 0 otherwise (warnings included).")]
 pub(crate) struct Args {
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// The Paperclip pod to check inheritance from [default: the pod this runs in, from
-    /// POD_NAME/POD_NAMESPACE].
-    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "no_inherit")]
-    pod: Option<String>,
-    /// Runs inherit from no pod: skip the pod, claim and Secret checks.
-    #[arg(long)]
-    no_inherit: bool,
+    #[command(flatten)]
+    inherit: InheritArgs,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -35,7 +30,7 @@ pub(crate) struct Args {
 #[expect(clippy::print_stdout, reason = "the report is the command's output")]
 pub(crate) async fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let (source, namespace) = args.cluster.target()?;
-    let self_pod = self_pod(args.pod.as_deref(), args.no_inherit)?;
+    let self_pod = args.inherit.self_pod()?;
     let report = doctor(&DoctorTarget { source, namespace }, &self_pod).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

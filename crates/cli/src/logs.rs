@@ -61,12 +61,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     // Ctrl-C stops following; the Job goes on.
     let cancel = CancellationToken::new();
     if args.follow {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        });
+        crate::cancel_on_ctrl_c(cancel.clone());
     }
     let params = ListParams::default().labels(&run_selector(&args.run_id));
     let mut listed = jobs

@@ -1,16 +1,24 @@
 //! `opencode-k8s`: the operator's command line over the engine.
 //!
 //! One module per subcommand; each returns `anyhow::Result` and this file maps failures to the
-//! stable error code and exit status ([`exit_status`], the table in `--help`).
+//! stable error code and exit status ([`exit_status`], the table in `--help`). What several
+//! subcommands share is declared once: flags in `cluster` (`--kubeconfig`/`-n`, `--pod`/
+//! `--no-inherit`) and `request` (what one run is), printing in `output`, logging in
+//! `diagnostics`. `demo` embeds the simulated cluster and exists only with the default `demo`
+//! feature; the operator build (`--no-default-features`) has no test double in it.
 
 mod cluster;
+#[cfg(feature = "demo")]
 mod demo;
+mod diagnostics;
 mod doctor;
 mod gc;
 mod jobs;
 mod logs;
+mod output;
 mod rbac;
 mod render;
+mod request;
 mod run;
 
 use std::process::ExitCode;
@@ -20,6 +28,7 @@ use opencode_k8s_core::config::ConfigError;
 use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::lifecycle::{ClusterError, RunError};
 use opencode_k8s_core::manifest::ManifestError;
+use tokio_util::sync::CancellationToken;
 
 /// Exit statuses, as `--help` shows them. [`exit_status`] is the mapping; a test keeps the two
 /// in agreement.
@@ -55,6 +64,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Try it on this machine: one agent turn on a simulated cluster with a fake LLM, live.
+    #[cfg(feature = "demo")]
     Demo(demo::Args),
     /// Run one agent turn as a Kubernetes Job, streaming its output; Ctrl-C cancels it.
     Run(run::Args),
@@ -75,7 +85,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    diagnostics::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,6 +103,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Doctor(args) => doctor::run(&args).await,
@@ -109,30 +120,24 @@ fn success((): ()) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Engine and client diagnostics on stderr, `warn` and up unless `OPENCODE_K8S_LOG` says
-/// otherwise (an `EnvFilter` directive such as `opencode_k8s_core=debug`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENCODE_K8S_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Prints the error, its cause chain and its code; returns the exit status for it.
+/// Prints the error, its cause chain, its code and hint; returns the exit status for it.
 #[expect(
     clippy::print_stderr,
     reason = "reporting a failure to the operator is the point"
 )]
 fn report(err: &anyhow::Error) -> ExitCode {
     let code = error_code(err);
-    eprintln!("error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
-    }
-    eprintln!("code: {code}");
+    eprint!("{}", output::error_text(err, code));
     ExitCode::from(exit_status(code))
+}
+
+/// Cancels `cancel` on Ctrl-C (the run or stream then ends and cleans up on its own).
+fn cancel_on_ctrl_c(cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+    })
 }
 
 /// The stable exit status of a failure with `code` (see [`EXIT_STATUS_HELP`]).

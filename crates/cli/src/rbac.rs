@@ -1,16 +1,18 @@
 //! `opencode-k8s rbac`: the Role/RoleBinding (or ClusterRole/ClusterRoleBinding) YAML generated
-//! from the engine's table of verbs.
+//! from the engine's table of verbs, bound to the ServiceAccount, user or group that runs the
+//! engine.
 
 use opencode_k8s_core::config::syntax;
-use opencode_k8s_core::rbac::{self, RbacOptions};
+use opencode_k8s_core::rbac::{self, RbacOptions, RbacSubject};
 
 use crate::InputError;
 
 /// Options of `rbac`.
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Example:\n  opencode-k8s rbac --namespace paperclip --service-account paperclip | kubectl apply -f -"
-)]
+#[command(after_help = "Examples:
+  opencode-k8s rbac --namespace paperclip --service-account paperclip | kubectl apply -f -
+  opencode-k8s rbac --namespace agents --user alice@example.com   # an operator running the CLI
+  opencode-k8s rbac --namespace agents --group platform-team")]
 pub(crate) struct Args {
     /// Namespace where agent Jobs run (and where the Role is created).
     #[arg(long, default_value = "paperclip")]
@@ -21,6 +23,13 @@ pub(crate) struct Args {
     /// Namespace of that ServiceAccount [default: --namespace].
     #[arg(long)]
     service_account_namespace: Option<String>,
+    /// Bind the role to this user instead of a ServiceAccount (the name the API server
+    /// authenticates: a certificate's CN, an OIDC claim).
+    #[arg(long, conflicts_with_all = ["service_account", "service_account_namespace", "group"])]
+    user: Option<String>,
+    /// Bind the role to this group instead of a ServiceAccount.
+    #[arg(long, conflicts_with_all = ["service_account", "service_account_namespace"])]
+    group: Option<String>,
     /// Grant everything cluster-wide with a ClusterRole (also covers the optional
     /// cluster-scoped checks of `doctor`).
     #[arg(long)]
@@ -35,45 +44,72 @@ pub(crate) struct Args {
     reason = "the YAML on stdout is the command's output"
 )]
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let opts = RbacOptions {
-        namespace: args.namespace.clone(),
-        service_account: args.service_account.clone(),
-        service_account_namespace: args
-            .service_account_namespace
-            .clone()
-            .unwrap_or_else(|| args.namespace.clone()),
-        cluster_scoped: args.cluster_scoped,
-        name: args.name.clone(),
-    };
-    let checks = [
+    let mut checks = vec![
         (
             "--namespace",
-            &opts.namespace,
-            syntax::is_dns1123_label(&opts.namespace),
-        ),
-        (
-            "--service-account",
-            &opts.service_account,
-            syntax::is_dns1123_subdomain(&opts.service_account),
-        ),
-        (
-            "--service-account-namespace",
-            &opts.service_account_namespace,
-            syntax::is_dns1123_label(&opts.service_account_namespace),
+            args.namespace.clone(),
+            syntax::is_dns1123_label(&args.namespace),
         ),
         (
             "--name",
-            &opts.name,
-            syntax::is_dns1123_subdomain(&opts.name),
+            args.name.clone(),
+            syntax::is_dns1123_subdomain(&args.name),
         ),
     ];
+    let subject = match (&args.user, &args.group) {
+        (Some(user), _) => {
+            checks.push(("--user", user.clone(), is_subject_name(user)));
+            RbacSubject::User(user.clone())
+        }
+        (None, Some(group)) => {
+            checks.push(("--group", group.clone(), is_subject_name(group)));
+            RbacSubject::Group(group.clone())
+        }
+        (None, None) => {
+            let namespace = args
+                .service_account_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone());
+            checks.push((
+                "--service-account",
+                args.service_account.clone(),
+                syntax::is_dns1123_subdomain(&args.service_account),
+            ));
+            checks.push((
+                "--service-account-namespace",
+                namespace.clone(),
+                syntax::is_dns1123_label(&namespace),
+            ));
+            RbacSubject::ServiceAccount {
+                namespace,
+                name: args.service_account.clone(),
+            }
+        }
+    };
     if let Some((flag, value, _)) = checks.iter().find(|(_, _, ok)| !ok) {
+        let problem = if matches!(*flag, "--user" | "--group") {
+            "empty or has control characters; give the name the API server authenticates"
+        } else {
+            "not a Kubernetes name; use lowercase letters, digits and `-`"
+        };
         return Err(InputError {
             what: format!("{flag} {value}"),
-            problem: "not a Kubernetes name; use lowercase letters, digits and `-`".into(),
+            problem: problem.into(),
         }
         .into());
     }
+    let opts = RbacOptions {
+        namespace: args.namespace.clone(),
+        subject,
+        cluster_scoped: args.cluster_scoped,
+        name: args.name.clone(),
+    };
     print!("{}", rbac::render_yaml(&opts)?);
     Ok(())
+}
+
+/// User and group names are free-form strings to RBAC (`alice@example.com`,
+/// `system:masters`); only an empty one or one with control characters cannot be meant.
+fn is_subject_name(name: &str) -> bool {
+    !name.trim().is_empty() && !name.chars().any(char::is_control)
 }

@@ -1,24 +1,22 @@
 //! `opencode-k8s render`: the Job and Secret one run would create, printed as YAML, with what
 //! was not inherited and the resume decision on stderr.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use opencode_k8s_core::config::AgentConfig;
-use opencode_k8s_core::manifest::{
-    self, InheritedPod, ResumeDecision, RunRequest, SecretValues, SessionResume,
-};
+use opencode_k8s_core::manifest::{self, InheritedPod, ResumeDecision, SecretValues};
 use serde_json::{Value, json};
 
 use crate::InputError;
+use crate::request::RequestArgs;
 
 /// Stand-in for the agent token Paperclip hands each run; shows where the real one goes.
 const PLACEHOLDER_API_KEY: &str = "placeholder-agent-token-of-the-run";
 /// What the host computes for `PAPERCLIP_API_URL` (unreachable from a pod).
 const HOST_API_URL: &str = "http://localhost:3100";
 const PLACEHOLDER_PROMPT: &str =
-    "(no --prompt-file given: the prompt Paperclip renders for the run goes here)\n";
+    "(no --prompt or --prompt-file given: the prompt Paperclip renders for the run goes here)\n";
 
 /// Options of `render`.
 #[derive(Debug, clap::Args)]
@@ -31,9 +29,8 @@ pub(crate) struct Args {
     /// The agent's adapterConfig as JSON (or a Paperclip agent object with `adapterConfig`).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// The prompt to put in the Secret.
-    #[arg(long, value_name = "FILE")]
-    prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    request: RequestArgs,
     /// The Paperclip pod to inherit from (`kubectl get pod -o yaml`; a Deployment, StatefulSet
     /// or Job works too). Without it the config's image is used and stderr lists what was not
     /// inherited.
@@ -42,30 +39,6 @@ pub(crate) struct Args {
     /// Container of the Paperclip pod to inherit from [default: `paperclip`, else the first].
     #[arg(long)]
     container: Option<String>,
-    /// Paperclip run id.
-    #[arg(long, default_value = "dry-run")]
-    run_id: String,
-    /// Paperclip agent id.
-    #[arg(long, default_value = "agent")]
-    agent_id: String,
-    /// Paperclip company id.
-    #[arg(long, default_value = "company")]
-    company_id: String,
-    /// Agent name (used in object names).
-    #[arg(long)]
-    agent_name: Option<String>,
-    /// Paperclip task key.
-    #[arg(long)]
-    task_key: Option<String>,
-    /// The run's workspace cwd.
-    #[arg(long)]
-    cwd: Option<String>,
-    /// A saved OpenCode session to resume.
-    #[arg(long, value_name = "SESSION_ID")]
-    session: Option<String>,
-    /// The cwd the saved session was created in.
-    #[arg(long, value_name = "DIR", requires = "session")]
-    session_cwd: Option<String>,
     /// Attempt number (2 is the in-run fresh retry).
     #[arg(long, default_value_t = 1)]
     attempt: u32,
@@ -84,37 +57,18 @@ pub(crate) struct Args {
 )]
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let config = AgentConfig::from_json(&read_config(&args.config)?)?;
-    let prompt = match &args.prompt_file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| input_error(path, e))?,
-        None => PLACEHOLDER_PROMPT.to_owned(),
-    };
     let inherited = args
         .pod
         .as_deref()
         .map(|path| read_pod(path, args.container.as_deref()))
         .transpose()?;
-    let paperclip_env = BTreeMap::from([
-        ("PAPERCLIP_AGENT_ID".to_owned(), args.agent_id.clone()),
-        ("PAPERCLIP_COMPANY_ID".to_owned(), args.company_id.clone()),
-        ("PAPERCLIP_RUN_ID".to_owned(), args.run_id.clone()),
-        ("PAPERCLIP_API_URL".to_owned(), HOST_API_URL.to_owned()),
-    ]);
-    let req = RunRequest {
-        run_id: args.run_id.clone(),
-        agent_id: args.agent_id.clone(),
-        company_id: args.company_id.clone(),
-        agent_name: args.agent_name.clone(),
-        task_key: args.task_key.clone(),
-        prompt,
-        cwd: args.cwd.clone(),
-        paperclip_env,
-        api_key: Some(PLACEHOLDER_API_KEY.into()),
-        resume: args.session.clone().map(|session_id| SessionResume {
-            session_id,
-            cwd: args.session_cwd.clone(),
-        }),
-        attempt: args.attempt,
-    };
+    let mut req = args
+        .request
+        .request(|| "dry-run".to_owned(), PLACEHOLDER_PROMPT)?;
+    req.paperclip_env
+        .insert("PAPERCLIP_API_URL".to_owned(), HOST_API_URL.to_owned());
+    req.api_key = Some(PLACEHOLDER_API_KEY.into());
+    req.attempt = args.attempt;
     let rendered = manifest::render(&req, inherited.as_ref(), &config)?;
     let values = if args.show_secrets {
         SecretValues::Base64

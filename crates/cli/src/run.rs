@@ -3,7 +3,6 @@
 //! events to stderr, a progress line shows while the pod waits to be scheduled (on a terminal),
 //! Ctrl-C cancels the run (the Job is deleted), and the exit status tells how it ended.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,12 +14,14 @@ use std::time::{Duration, Instant};
 use opencode_k8s_core::config::{AgentConfig, SecretString};
 use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::event::{RunEvent, RunSink};
-use opencode_k8s_core::lifecycle::{Engine, EngineOptions, RunResult, RunStatus};
-use opencode_k8s_core::manifest::{RunRequest, SessionResume};
+use opencode_k8s_core::lifecycle::{ClusterSource, Engine, EngineOptions, RunResult};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{InputError, exit_status};
+use crate::cluster::{InheritArgs, KubeArgs, require_named_pod};
+use crate::exit_status;
+use crate::output::{result_exit_code, result_text};
+use crate::request::RequestArgs;
 
 /// Options of `run`.
 #[derive(Debug, clap::Args)]
@@ -42,49 +43,12 @@ pub(crate) struct Args {
     /// The agent's adapterConfig as JSON (or a Paperclip agent object with `adapterConfig`).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// The prompt.
-    #[arg(long, value_name = "TEXT")]
-    prompt: Option<String>,
-    /// Read the prompt from a file.
-    #[arg(long, value_name = "FILE")]
-    prompt_file: Option<PathBuf>,
-    /// Resume this OpenCode session.
-    #[arg(long, value_name = "SESSION_ID")]
-    session: Option<String>,
-    /// The cwd the session was created in (resuming from another cwd starts fresh instead).
-    #[arg(long, value_name = "DIR", requires = "session")]
-    session_cwd: Option<String>,
-    /// The run's working directory in the pod (under /paperclip) [default: the config's `cwd`].
-    #[arg(long, value_name = "DIR")]
-    cwd: Option<String>,
-    /// Paperclip run id [default: generated, `cli-...`].
-    #[arg(long)]
-    run_id: Option<String>,
-    /// Paperclip agent id (one run per agent at a time).
-    #[arg(long, default_value = "cli")]
-    agent_id: String,
-    /// Agent name (used in object names).
-    #[arg(long)]
-    agent_name: Option<String>,
-    /// Paperclip company id.
-    #[arg(long, default_value = "cli")]
-    company_id: String,
-    /// Paperclip task key (a later run with the same key reattaches to a Job left running).
-    #[arg(long)]
-    task_key: Option<String>,
-    /// Kubeconfig file, instead of the config's `kubeconfig`/`kubeconfigContent`.
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-    /// Namespace of the Job, instead of the config's `namespace`.
-    #[arg(long, short = 'n')]
-    namespace: Option<String>,
-    /// Inherit image, pull secrets, env and the /paperclip volume from this Paperclip pod
-    /// [default: the pod this runs in, from POD_NAME/POD_NAMESPACE].
-    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "no_inherit")]
-    pod: Option<String>,
-    /// Inherit from no pod: use the config's `image` only.
-    #[arg(long)]
-    no_inherit: bool,
+    #[command(flatten)]
+    request: RequestArgs,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    inherit: InheritArgs,
     /// Print the result as JSON on stdout (the agent's output then goes to stderr).
     #[arg(long)]
     json: bool,
@@ -103,63 +67,33 @@ fn generated_run_id() -> String {
 
 fn config(args: &Args) -> anyhow::Result<AgentConfig> {
     let mut value = crate::render::read_config(&args.config)?;
-    let Some(object) = value.as_object_mut() else {
-        // Not an object: validation says so with the field path.
-        return Ok(AgentConfig::from_json(&value)?);
-    };
-    if let Some(path) = &args.kubeconfig {
-        object.remove("kubeconfigContent");
-        object.insert(
-            "kubeconfig".into(),
-            Value::String(path.display().to_string()),
-        );
-    }
-    if let Some(namespace) = &args.namespace {
-        object.insert("namespace".into(), Value::String(namespace.clone()));
-    }
+    args.kube.apply(&mut value);
     Ok(AgentConfig::from_json(&value)?)
 }
 
-fn request(args: &Args) -> anyhow::Result<RunRequest> {
-    // clap requires one of --prompt and --prompt-file.
-    let prompt = match &args.prompt_file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| InputError {
-            what: path.display().to_string(),
-            problem: e.to_string(),
-        })?,
-        None => args.prompt.clone().unwrap_or_default(),
-    };
-    let run_id = args.run_id.clone().unwrap_or_else(generated_run_id);
-    let paperclip_env = BTreeMap::from([
-        ("PAPERCLIP_RUN_ID".to_owned(), run_id.clone()),
-        ("PAPERCLIP_AGENT_ID".to_owned(), args.agent_id.clone()),
-        ("PAPERCLIP_COMPANY_ID".to_owned(), args.company_id.clone()),
-    ]);
-    Ok(RunRequest {
-        run_id,
-        agent_id: args.agent_id.clone(),
-        company_id: args.company_id.clone(),
-        agent_name: args.agent_name.clone(),
-        task_key: args.task_key.clone(),
-        prompt,
-        cwd: args.cwd.clone(),
-        paperclip_env,
-        api_key: std::env::var("PAPERCLIP_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-            .map(SecretString::new),
-        resume: args.session.clone().map(|session_id| SessionResume {
-            session_id,
-            cwd: args.session_cwd.clone(),
-        }),
-        attempt: 1,
-    })
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let json = args.json;
+    let outcome = run_turn(args).await;
+    // With --json, stdout holds a JSON document whatever happened.
+    if json && let Err(err) = &outcome {
+        print_json(&json!({"error": {"code": crate::error_code(err), "message": err.to_string()}}));
+    }
+    outcome
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+async fn run_turn(args: Args) -> anyhow::Result<ExitCode> {
     let config = config(&args)?;
-    let request = request(&args)?;
-    let self_pod = crate::cluster::self_pod(args.pod.as_deref(), args.no_inherit)?;
+    let mut request = args.request.request(generated_run_id, "")?;
+    request.api_key = std::env::var("PAPERCLIP_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(SecretString::new);
+    let self_pod = args.inherit.self_pod()?;
+    let source = ClusterSource::from_fields(
+        config.kubeconfig.as_deref(),
+        config.kubeconfig_content.as_ref().map(|c| c.expose()),
+    );
+    require_named_pod(&source, &self_pod).await?;
     let engine = Engine::new(EngineOptions {
         self_pod,
         ..EngineOptions::default()
@@ -180,27 +114,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ticker.abort();
     }
     sink.clear_progress();
-    match outcome {
-        Ok(result) => {
-            if args.json {
-                print_json(&serde_json::to_value(&result)?);
-            } else {
-                print_summary(&result);
-            }
-            Ok(match (result.status, result.error_code) {
-                (RunStatus::Succeeded, _) => ExitCode::SUCCESS,
-                (_, code) => {
-                    ExitCode::from(exit_status(code.unwrap_or(ErrorCode::AdapterInternal)))
-                }
-            })
-        }
-        Err(err) => {
-            if args.json {
-                print_json(&json!({"error": {"code": err.code, "message": err.message}}));
-            }
-            Err(err.into())
-        }
+    let result = outcome?;
+    if args.json {
+        print_json(&serde_json::to_value(&result)?);
+    } else {
+        print_summary(&result);
     }
+    Ok(result_exit_code(&result))
 }
 
 /// First Ctrl-C: cancel (the engine deletes the Job and returns a cancelled result). Second:
@@ -232,59 +152,10 @@ fn print_json(value: &Value) {
     );
 }
 
-/// The result in a few lines on stderr, after the agent's output.
+/// The result on stderr, after the agent's output.
 #[expect(clippy::print_stderr, reason = "the summary goes next to the run log")]
 fn print_summary(result: &RunResult) {
-    let status = match result.status {
-        RunStatus::Succeeded => "succeeded",
-        RunStatus::Failed => "failed",
-        RunStatus::TimedOut => "timed out",
-        RunStatus::Cancelled => "cancelled",
-    };
-    let exit = result
-        .exit_code
-        .map_or_else(|| "no exit code".to_owned(), |c| format!("exit {c}"));
-    let code = result
-        .error_code
-        .map(|c| format!(", {c}"))
-        .unwrap_or_default();
-    eprintln!(
-        "[opencode-k8s] result: {status} ({exit}{code}), Job {}/{}",
-        result.namespace, result.job_name
-    );
-    if let Some(message) = &result.error_message {
-        eprintln!("  error: {message}");
-    }
-    if let Some(session) = &result.session {
-        let cwd = session
-            .cwd
-            .as_deref()
-            .map(|c| format!(" (cwd {c})"))
-            .unwrap_or_default();
-        eprintln!(
-            "  session: {}{cwd}; resume with --session {}",
-            session.session_id, session.session_id
-        );
-    }
-    let usage = &result.usage;
-    eprintln!(
-        "  tokens: {} in, {} cached, {} out; cost ${:.4}; model {}/{}",
-        usage.input_tokens,
-        usage.cached_input_tokens,
-        usage.output_tokens,
-        result.cost_usd,
-        result.provider,
-        result.model
-    );
-    if let Some(summary) = &result.summary {
-        eprintln!("  summary: {}", summary.trim_end().replace('\n', "\n    "));
-    }
-    if result.status != RunStatus::Succeeded && !result.output_tail.trim().is_empty() {
-        eprintln!(
-            "  output tail:\n    {}",
-            result.output_tail.trim_end().replace('\n', "\n    ")
-        );
-    }
+    eprint!("{}", result_text(result));
 }
 
 /// The progress line shown while the pod is not running yet.

@@ -173,15 +173,61 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// Who the binding grants the role to: whoever runs the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RbacSubject {
+    /// The ServiceAccount the Paperclip server runs as.
+    ServiceAccount {
+        /// Namespace of the ServiceAccount (usually Paperclip's).
+        namespace: String,
+        /// Name of the ServiceAccount.
+        name: String,
+    },
+    /// A user as the API server authenticates it (a certificate's CN, an OIDC claim).
+    User(String),
+    /// A group of users.
+    Group(String),
+}
+
+impl RbacSubject {
+    /// The subject of a RoleBinding or ClusterRoleBinding.
+    fn to_subject(&self) -> Subject {
+        let (kind, name, namespace) = match self {
+            Self::ServiceAccount { namespace, name } => {
+                ("ServiceAccount", name, Some(namespace.clone()))
+            }
+            Self::User(name) => ("User", name, None),
+            Self::Group(name) => ("Group", name, None),
+        };
+        Subject {
+            kind: kind.into(),
+            name: name.clone(),
+            namespace,
+            // Users and groups are of the RBAC API group; a ServiceAccount is of the core one.
+            api_group: (kind != "ServiceAccount").then(|| "rbac.authorization.k8s.io".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RbacSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ServiceAccount { namespace, name } => {
+                write!(f, "ServiceAccount {namespace}/{name}")
+            }
+            Self::User(name) => write!(f, "User {name}"),
+            Self::Group(name) => write!(f, "Group {name}"),
+        }
+    }
+}
+
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RbacOptions {
     /// Namespace of the agent Jobs (and of the Role/RoleBinding).
     pub namespace: String,
-    /// ServiceAccount the Paperclip server runs as.
-    pub service_account: String,
-    /// Namespace of that ServiceAccount (usually the same).
-    pub service_account_namespace: String,
+    /// Who runs the engine (the binding's subject).
+    pub subject: RbacSubject,
     /// Generate a ClusterRole and ClusterRoleBinding instead of a Role and RoleBinding.
     pub cluster_scoped: bool,
     /// Name of the generated role and binding.
@@ -192,8 +238,10 @@ impl Default for RbacOptions {
     fn default() -> Self {
         Self {
             namespace: "paperclip".into(),
-            service_account: "paperclip".into(),
-            service_account_namespace: "paperclip".into(),
+            subject: RbacSubject::ServiceAccount {
+                namespace: "paperclip".into(),
+                name: "paperclip".into(),
+            },
             cluster_scoped: false,
             name: "opencode-k8s".into(),
         }
@@ -242,19 +290,14 @@ fn labels() -> BTreeMap<String, String> {
 /// listed in the header (both are optional). Cluster-scoped: a ClusterRole with every rule and a
 /// ClusterRoleBinding.
 pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
-    let subject = Subject {
-        kind: "ServiceAccount".into(),
-        name: opts.service_account.clone(),
-        namespace: Some(opts.service_account_namespace.clone()),
-        api_group: None,
-    };
+    let subject = opts.subject.to_subject();
     let mut out = String::from(
         "# RBAC for opencode-k8s, generated from its table of verbs (opencode-k8s rbac).\n",
     );
     let docs = if opts.cluster_scoped {
         out.push_str(&format!(
-            "# ClusterRole: agent Jobs in any namespace, run by ServiceAccount {}/{}.\n",
-            opts.service_account_namespace, opts.service_account
+            "# ClusterRole: agent Jobs in any namespace, run by {}.\n",
+            opts.subject
         ));
         let role = ClusterRole {
             metadata: ObjectMeta {
@@ -284,8 +327,8 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
         ]
     } else {
         out.push_str(&format!(
-            "# Role in namespace {}, run by ServiceAccount {}/{}.\n# Not included (cluster-scoped, optional; use --cluster-scoped to grant them):\n",
-            opts.namespace, opts.service_account_namespace, opts.service_account
+            "# Role in namespace {}, run by {}.\n# Not included (cluster-scoped, optional; use --cluster-scoped to grant them):\n",
+            opts.namespace, opts.subject
         ));
         for r in RULES.iter().filter(|r| r.scope == Scope::Cluster) {
             let group = if r.group.is_empty() { "core" } else { r.group };

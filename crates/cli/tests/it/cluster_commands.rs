@@ -131,7 +131,7 @@ async fn a_forbidden_list_exits_with_k8s_forbidden() {
         .await;
     assert_eq!(out.status.code(), Some(6));
     assert!(
-        stderr(&out).ends_with("code: k8s_forbidden\n"),
+        stderr(&out).contains("\ncode: k8s_forbidden\nhint: "),
         "{}",
         stderr(&out)
     );

@@ -101,7 +101,7 @@ fn huge_prompt_is_prompt_too_large_with_exit_2() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).ends_with("code: prompt_too_large\n"),
+        stderr(&out).contains("\ncode: prompt_too_large\nhint: "),
         "{}",
         stderr(&out)
     );

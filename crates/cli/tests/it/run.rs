@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use opencode_k8s_testkit::Resource;
+use opencode_k8s_testkit::{Resource, Rule};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -46,15 +46,22 @@ async fn run_streams_the_output_and_prints_the_result() {
         "{err}"
     );
     assert!(
-        err.contains(&format!("  session: {SESSION} (cwd /paperclip/workspaces/project); resume with --session {SESSION}")),
+        err.contains(&format!("  session:  {SESSION} (cwd /paperclip/workspaces/project); resume with --session {SESSION}")),
         "{err}"
     );
-    assert!(err.contains("  summary: Hi! I am the fake model."), "{err}");
+    assert!(
+        err.contains("  summary:  Hi! I am the fake model."),
+        "{err}"
+    );
     let job = err
         .split("created Job paperclip/")
         .nth(1)
         .and_then(|rest| rest.lines().next())
         .unwrap();
+    // The result as printed, from its first line on (the Kubernetes events before it vary
+    // with timing); the Job name carries a random suffix.
+    let result = &err[err.find("[opencode-k8s] result:").unwrap()..];
+    insta::assert_snapshot!("run_result", result.replace(job, "<job>"));
     sim.cluster
         .wait_for(Resource::Jobs, NS, job, Duration::from_secs(10), |j| {
             j.is_none()
@@ -111,7 +118,7 @@ async fn an_invalid_config_creates_nothing_and_exits_2() {
     let out = run(&sim, json!({"timeoutSec": "soon"}), "hi", &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("timeoutSec"), "{}", stderr(&out));
-    assert!(stderr(&out).ends_with("code: config_invalid\n"));
+    assert!(stderr(&out).contains("\ncode: config_invalid\nhint: "));
     assert!(sim.jobs().is_empty());
 }
 
@@ -159,4 +166,90 @@ async fn ctrl_c_cancels_the_run_and_deletes_its_job() {
         sim.cluster.get_json(Resource::Secrets, NS, &job).is_none(),
         "the Secret is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_pod_that_does_not_exist_fails_and_creates_nothing() {
+    let sim = Sim::start().await;
+    sim.replay("run1", 0);
+    let secrets = sim.cluster.list_json(Resource::Secrets, Some(NS));
+    // With an image of its own the run could go on uninherited: it must not.
+    let out = run(
+        &sim,
+        json!({"image": "ghcr.io/example/opencode:1"}),
+        "Say hi.",
+        &["--pod", "paperclip/no-such-pod"],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    insta::assert_snapshot!("run_pod_not_found", err);
+    assert!(sim.jobs().is_empty(), "no Job is created");
+    assert_eq!(
+        sim.cluster.list_json(Resource::Secrets, Some(NS)),
+        secrets,
+        "no Secret is created"
+    );
+    // With --json, stdout still holds one JSON document: the error.
+    let out = run(
+        &sim,
+        json!({"image": "ghcr.io/example/opencode:1"}),
+        "Say hi.",
+        &["--pod", "paperclip/no-such-pod", "--json"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let error: Value = serde_json::from_str(&stdout(&out)).expect("stdout is one JSON document");
+    assert_eq!(error["error"]["code"], "config_invalid");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed to find the Paperclip pod paperclip/no-such-pod named by --pod"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_on_a_file_are_plain_readable_lines() {
+    let sim = Sim::start().await;
+    sim.replay("run1", 0);
+    // Everything a run needs but the (optional) events: their watch fails with 403 and the
+    // engine logs a warning while the run goes on.
+    sim.cluster.add_user(
+        "no-events",
+        "paperclip-sa",
+        vec![
+            Rule::allow(&["*"], "batch", &["jobs"], Some(NS)),
+            Rule::allow(&["*"], "", &["pods", "pods/log", "secrets"], Some(NS)),
+        ],
+    );
+    let kubeconfig = sim.kubeconfig_for("no-events");
+    let out = run(
+        &sim,
+        json!({"kubeconfig": kubeconfig}),
+        "Say hi.",
+        &["--pod", POD],
+    )
+    .await;
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("event watch interrupted"))
+        .collect();
+    assert!(!warnings.is_empty(), "the failing watch is reported: {err}");
+    for line in warnings {
+        assert!(
+            line.starts_with("[opencode-k8s] warning: event watch interrupted; retrying"),
+            "{line}"
+        );
+        assert!(
+            line.contains("forbidden"),
+            "the API's message is kept: {line}"
+        );
+        assert!(!line.contains("Status {"), "no Debug dump: {line}");
+    }
+    assert!(!err.contains('\u{1b}'), "no ANSI escapes: {err:?}");
+    assert!(!err.contains("Status {"), "no Debug dump: {err}");
 }

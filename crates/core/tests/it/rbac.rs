@@ -1,6 +1,6 @@
 //! The generated RBAC objects, pinned as YAML, and checked against the verbs table.
 
-use opencode_k8s_core::rbac::{self, RULES, RbacOptions, Scope};
+use opencode_k8s_core::rbac::{self, RULES, RbacOptions, RbacSubject, Scope};
 
 #[test]
 fn namespaced_role_and_binding() {
@@ -12,7 +12,10 @@ fn namespaced_role_and_binding() {
 fn cluster_role_and_binding() {
     let opts = RbacOptions {
         cluster_scoped: true,
-        service_account: "paperclip-server".into(),
+        subject: RbacSubject::ServiceAccount {
+            namespace: "paperclip".into(),
+            name: "paperclip-server".into(),
+        },
         ..RbacOptions::default()
     };
     let yaml = rbac::render_yaml(&opts).unwrap();

@@ -1,0 +1,136 @@
+//! How the CLI shows the end of a command: a run's result (`run` and `demo` print the same
+//! lines), the exit status it maps to, and a failure as message, cause chain, code and hint.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use opencode_k8s_core::error_code::ErrorCode;
+use opencode_k8s_core::lifecycle::{RunResult, RunStatus};
+
+use crate::exit_status;
+
+/// A run's result in a few lines (each ending in a newline), for after the agent's output.
+pub(crate) fn result_text(result: &RunResult) -> String {
+    let status = match result.status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::TimedOut => "timed out",
+        RunStatus::Cancelled => "cancelled",
+    };
+    let exit = result
+        .exit_code
+        .map_or_else(|| "no exit code".to_owned(), |c| format!("exit {c}"));
+    let code = result
+        .error_code
+        .map(|c| format!(", {c}"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "[opencode-k8s] result: {status} ({exit}{code}), Job {}/{}\n",
+        result.namespace, result.job_name
+    );
+    let mut line = |label: &str, text: &str| {
+        let _ = writeln!(out, "  {label:<9} {}", text.replace('\n', "\n            "));
+    };
+    if let Some(message) = &result.error_message {
+        line("error:", message);
+    }
+    if let Some(session) = &result.session {
+        let cwd = session
+            .cwd
+            .as_deref()
+            .map(|c| format!(" (cwd {c})"))
+            .unwrap_or_default();
+        line(
+            "session:",
+            &format!(
+                "{}{cwd}; resume with --session {}",
+                session.session_id, session.session_id
+            ),
+        );
+    }
+    let usage = &result.usage;
+    line(
+        "tokens:",
+        &format!(
+            "{} in, {} cached, {} out",
+            usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+        ),
+    );
+    line(
+        "cost:",
+        &format!(
+            "${:.6} ({}/{})",
+            result.cost_usd, result.provider, result.model
+        ),
+    );
+    if result.attempts > 1 {
+        line(
+            "attempts:",
+            &format!("{} (the resume was retried fresh)", result.attempts),
+        );
+    }
+    if let Some(summary) = &result.summary {
+        line("summary:", summary.trim_end());
+    }
+    if result.status != RunStatus::Succeeded && !result.output_tail.trim().is_empty() {
+        let _ = writeln!(
+            out,
+            "  output tail:\n    {}",
+            result.output_tail.trim_end().replace('\n', "\n    ")
+        );
+    }
+    out
+}
+
+/// The exit status of a run that came back with a result: 0 when it succeeded, else the status
+/// of its error code.
+pub(crate) fn result_exit_code(result: &RunResult) -> ExitCode {
+    match result.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        _ => ExitCode::from(exit_status(
+            result.error_code.unwrap_or(ErrorCode::AdapterInternal),
+        )),
+    }
+}
+
+/// A failure as the operator sees it: the message, its causes, the stable code and where the
+/// README explains that code.
+pub(crate) fn error_text(err: &anyhow::Error, code: ErrorCode) -> String {
+    let mut out = format!("error: {err}\n");
+    for cause in err.chain().skip(1) {
+        let _ = writeln!(out, "  caused by: {cause}");
+    }
+    let _ = writeln!(out, "code: {code}");
+    let _ = writeln!(
+        out,
+        "hint: README.md, Troubleshooting, `{code}`: what it means, what to check, how to fix it"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use opencode_k8s_core::lifecycle::RunError;
+
+    use super::*;
+
+    #[test]
+    fn the_error_names_its_causes_code_and_hint() {
+        let err = anyhow::Error::new(std::io::Error::other("connection refused"))
+            .context("failed to read the Paperclip pod paperclip/paperclip-0");
+        insta::assert_snapshot!(error_text(&err, ErrorCode::K8sApiUnreachable), @r"
+        error: failed to read the Paperclip pod paperclip/paperclip-0
+          caused by: connection refused
+        code: k8s_api_unreachable
+        hint: README.md, Troubleshooting, `k8s_api_unreachable`: what it means, what to check, how to fix it
+        ");
+        let run = anyhow::Error::new(RunError {
+            code: ErrorCode::Timeout,
+            message: "the run took longer than timeoutSec".into(),
+        });
+        assert!(
+            error_text(&run, ErrorCode::Timeout)
+                .starts_with("error: the run took longer than timeoutSec\ncode: timeout\nhint: ")
+        );
+    }
+}
