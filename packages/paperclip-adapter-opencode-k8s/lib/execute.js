@@ -1,8 +1,16 @@
 // execute(ctx): one Paperclip run as one Kubernetes Job, through the engine addon.
+//
+// The run log keeps each chunk's stream, and Paperclip's transcript shows a `system` chunk as a
+// system entry and a `stderr` chunk as an error entry without passing them to the UI parser.
+// Everything the agent pod prints (its stdout and stderr, merged by the kubelet) goes on
+// `stdout`; the engine's notices, its Kubernetes events and this adapter's own warnings go on
+// `system`. The UI parser never makes a system entry, so an agent cannot print a line that
+// looks like the engine's: only this adapter chooses the stream.
 import { inferOpenAiCompatibleBiller } from "@paperclipai/adapter-utils";
 import { asString, parseObject } from "@paperclipai/adapter-utils/server-utils";
 import { EngineError, startRun } from "./engine.js";
 import { buildPrompt, paperclipEnv, savedSession, willResume, workspace } from "./prompt.js";
+import { DEFAULT_SKILLS_HOME, materializeSkills } from "./skills.js";
 
 function providerOf(model) {
   const slash = model.indexOf("/");
@@ -13,8 +21,17 @@ function cancellation(forced) {
   return { state: "acknowledged", acknowledgedAt: new Date().toISOString(), forced };
 }
 
-/** Run one agent turn. Never throws: every failure is a result with an `errorCode`. */
-export async function execute(engine, ctx) {
+/** The run-log stream of an engine event (see the top of this file). */
+export function streamOf(event) {
+  return event.type === "output" ? "stdout" : "system";
+}
+
+/**
+ * Run one agent turn. Never throws: every failure is a result with an `errorCode`.
+ * `options.skillsHome` is where the agent's skills are copied (default: the shared volume's
+ * `.claude/skills`, which is the pod's `~/.claude/skills`).
+ */
+export async function execute(engine, ctx, options = {}) {
   // Paperclip must be able to cancel before anything exists in the cluster.
   if (typeof ctx.onCancellationReady === "function") await ctx.onCancellationReady();
   const config = parseObject(ctx.config ?? ctx.agent?.adapterConfig);
@@ -26,7 +43,7 @@ export async function execute(engine, ctx) {
       // Nothing better to do with a log line the host refused.
     }
   };
-  const log = (line) => onLog("stdout", `${line}\n`);
+  const warn = (line) => onLog("system", `[opencode-k8s] ${line}\n`);
   const model = asString(config.model, "").trim();
   const provider = providerOf(model);
   const billing = {
@@ -41,7 +58,8 @@ export async function execute(engine, ctx) {
     const ws = workspace(config, ctx.context);
     const session = savedSession(ctx.runtime);
     const resumed = willResume(config, session, ws.cwd);
-    const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, log });
+    await materializeSkills(config, options.skillsHome ?? DEFAULT_SKILLS_HOME, warn);
+    const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, warn });
     const request = {
       runId: ctx.runId,
       agentId: ctx.agent.id,
@@ -56,7 +74,7 @@ export async function execute(engine, ctx) {
     };
     if (signal?.aborted) return cancelledBeforeStart(billing);
     const run = startRun(engine, request, config, (event) =>
-      event.type === "output" ? onLog("stdout", event.text) : onLog("stdout", `${event.text}\n`),
+      onLog(streamOf(event), event.type === "output" ? event.text : `${event.text}\n`),
     );
     // An AbortSignal that fired before the listener was added would never call it.
     const abort = () => run.cancel();
