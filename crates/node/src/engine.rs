@@ -165,7 +165,7 @@ impl RunHandle {
 }
 
 /// The engine's version: the workspace version, which `opencode-k8s --version` prints too and
-/// the npm package's own version must equal (the package checks it loaded its own addon).
+/// the npm package's version equals (the package's tests check it).
 #[napi(catch_unwind)]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_owned()

@@ -192,3 +192,9 @@ export interface UsageJs {
   /** Output tokens, reasoning included. */
   outputTokens: number
 }
+
+/**
+ * The engine's version: the workspace version, which `opencode-k8s --version` prints too and
+ * the npm package's own version must equal (the package checks it loaded its own addon).
+ */
+export declare function version(): string
