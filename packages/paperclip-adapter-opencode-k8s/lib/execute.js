@@ -8,7 +8,7 @@
 // looks like the engine's: only this adapter chooses the stream.
 import { inferOpenAiCompatibleBiller } from "@paperclipai/adapter-utils";
 import { asString, parseObject } from "@paperclipai/adapter-utils/server-utils";
-import { EngineError, startRun } from "./engine.js";
+import { EngineError, VERSION_LINE, startRun } from "./engine.js";
 import { buildPrompt, paperclipEnv, savedSession, willResume, workspace } from "./prompt.js";
 import { DEFAULT_SKILLS_HOME, materializeSkills } from "./skills.js";
 
@@ -44,6 +44,8 @@ export async function execute(engine, ctx, options = {}) {
     }
   };
   const warn = (line) => onLog("system", `[opencode-k8s] ${line}\n`);
+  // After an upgrade the run log says which version ran the run.
+  await onLog("system", `[opencode-k8s] ${VERSION_LINE}\n`);
   const model = asString(config.model, "").trim();
   const provider = providerOf(model);
   const billing = {

@@ -195,6 +195,6 @@ export interface UsageJs {
 
 /**
  * The engine's version: the workspace version, which `opencode-k8s --version` prints too and
- * the npm package's own version must equal (the package checks it loaded its own addon).
+ * the npm package's version equals (the package's tests check it).
  */
 export declare function version(): string
