@@ -398,7 +398,17 @@ export async function startRegistry() {
     "verdaccio",
     process.execPath,
     [required("E2E_VERDACCIO"), "--config", config, "--listen", `127.0.0.1:${port}`],
-    { env: { PATH: process.env.PATH, HOME: dir }, cwd: dir, log: path.join(RUN_DIR, "verdaccio.log") },
+    {
+      // The machine's extra CA (a TLS-inspecting proxy) is what lets it reach npmjs; npm reads
+      // it from its own config, verdaccio only from this variable.
+      env: {
+        PATH: process.env.PATH,
+        HOME: dir,
+        ...(process.env.NODE_EXTRA_CA_CERTS ? { NODE_EXTRA_CA_CERTS: process.env.NODE_EXTRA_CA_CERTS } : {}),
+      },
+      cwd: dir,
+      log: path.join(RUN_DIR, "verdaccio.log"),
+    },
   );
   await waitFor(
     "verdaccio to answer",

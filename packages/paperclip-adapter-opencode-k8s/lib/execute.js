@@ -21,6 +21,18 @@ function cancellation(forced) {
   return { state: "acknowledged", acknowledgedAt: new Date().toISOString(), forced };
 }
 
+/**
+ * Whether an abort is Paperclip giving up its claim on the run rather than someone stopping it.
+ * Paperclip renews a lease on every running run in its database every 10 s and aborts the
+ * run's signal when a renewal fails — which happens on every graceful shutdown (an upgrade's
+ * restart), once the database is stopped or the run is marked interrupted. Deleting the Job
+ * then would throw away the agent's work; left running, the next run of the task reattaches to
+ * it. The reason's message is the only thing that tells the two apart.
+ */
+export function isLeaseLoss(reason) {
+  return reason instanceof Error && reason.message === "Legacy controller lease lost";
+}
+
 /** The run-log stream of an engine event (see the top of this file). */
 export function streamOf(event) {
   return event.type === "output" ? "stdout" : "system";
@@ -79,9 +91,17 @@ export async function execute(engine, ctx, options = {}) {
       onLog(streamOf(event), event.type === "output" ? event.text : `${event.text}\n`),
     );
     // An AbortSignal that fired before the listener was added would never call it.
-    const abort = () => run.cancel();
+    const abort = () => {
+      if (!isLeaseLoss(signal.reason)) {
+        run.cancel();
+        return;
+      }
+      warn(
+        "Paperclip lost its lease on this run (its database is unreachable, or the server is shutting down): the Job is left running and the next run of this task reattaches to it",
+      );
+    };
     signal?.addEventListener("abort", abort, { once: true });
-    if (signal?.aborted) run.cancel();
+    if (signal?.aborted) abort();
     try {
       return toResult(await run.result, billing, session);
     } finally {

@@ -1,7 +1,7 @@
 // The built addon driven through createServerAdapter() against the simulated cluster.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -108,6 +108,26 @@ test("aborting the signal cancels the run, acknowledges it and deletes the Job",
   const jobName = result.resultJson.jobName;
   assert.ok(jobName, JSON.stringify(result));
   await waitFor("the Job to be gone", async () => !(await cluster.jobs()).some((j) => j.metadata.name === jobName));
+});
+
+test("Paperclip losing its lease on the run (a restart) leaves the Job working, its result whole", async () => {
+  const release = join(cluster.bin, "release-lease");
+  cluster.opencode(`cat > /dev/null; echo "working"; while [ ! -e ${release} ]; do sleep 0.05; done; cat ${cluster.file("run1.jsonl", fixture("opencode/run1.stdout.jsonl"))}`);
+  const controller = new AbortController();
+  const logs = [];
+  const ctx = context(cluster, { runId: "run-lease", agentId: "agent-lease", logs, signal: controller.signal });
+  const running = adapter.execute(ctx);
+  await waitFor("the agent's first output", () => output(logs).includes("working"));
+  // What Paperclip's lease watcher does when a renewal fails.
+  controller.abort(new Error("Legacy controller lease lost"));
+  await waitFor("the adapter to say it leaves the Job", () => output(logs).includes("the Job is left running"));
+  const mine = (await cluster.jobs()).filter((j) => j.metadata.annotations?.["opencode-k8s.dev/run-id"] === "run-lease");
+  assert.equal(mine.length, 1, "the Job is still there");
+  writeFileSync(release, "");
+  const result = await running;
+  assert.equal(result.errorCode, null, output(logs));
+  assert.equal(result.sessionId, SESSION, "the Job's work reached the result");
+  assert.equal(result.resultJson.executionCancellation, undefined);
 });
 
 test("a signal aborted before execute creates no Job", async () => {
