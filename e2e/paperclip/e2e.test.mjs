@@ -86,13 +86,15 @@ async function getRun(runId) {
 /**
  * Waits for the run to end and for Paperclip to finish its bookkeeping: the run's status is
  * written before the task session and the agent's status, and a wake-up that lands in between
- * sees the old session.
+ * sees the old session. `agentIdle: false` skips the second wait, for an agent Paperclip still
+ * counts as busy with a run it lost at a restart.
  */
-async function finishedRun(runId) {
+async function finishedRun(runId, { agentIdle = true } = {}) {
   const run = await waitFor(`run ${runId} to finish`, async () => {
     const current = await getRun(runId);
     return TERMINAL.has(current.status) ? current : undefined;
   }, { timeoutMs: 120_000, proc: paperclip.proc });
+  if (!agentIdle) return run;
   await waitFor(`agent ${run.agentId} to be idle again`, async () => {
     const { body } = await api.get(`/agents/${run.agentId}`);
     return body.status !== "running";
@@ -359,7 +361,9 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
       { timeoutMs: 120_000, proc: paperclip.proc },
     );
     fs.writeFileSync(release, "");
-    const adopting = await finishedRun(adoptingRunId);
+    // Paperclip still counts the old run as running (nothing reaps it with the scheduler off),
+    // so the agent does not go idle.
+    const adopting = await finishedRun(adoptingRunId, { agentIdle: false });
     const log = await api.runLog(adoptingRunId);
     t.diagnostic(`adopting run: ${JSON.stringify({ status: adopting.status, usageJson: adopting.usageJson, resultJson: adopting.resultJson })}`);
     assert.equal(adopting.status, "succeeded", describeRun(adopting, log));
