@@ -67,7 +67,10 @@ async function install(source, target) {
     await fs.rename(target, retired).catch((err) => {
       if (err.code !== "ENOENT") throw err;
     });
-    await fs.rename(staging, target);
+    await fs.rename(staging, target).catch((err) => {
+      // Another run of the instance put the same skill in place meanwhile.
+      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+    });
   } finally {
     await fs.rm(staging, { recursive: true, force: true });
     await fs.rm(retired, { recursive: true, force: true });
