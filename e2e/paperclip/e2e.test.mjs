@@ -8,7 +8,17 @@ import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 
-import { NAMESPACE, RUN_DIR, required, startKubeSim, startPaperclip, waitFor } from "./harness.mjs";
+import { execFileSync } from "node:child_process";
+
+import {
+  NAMESPACE,
+  RUN_DIR,
+  required,
+  startKubeSim,
+  startPaperclip,
+  startRegistry,
+  waitFor,
+} from "./harness.mjs";
 
 /** The session id in the captured runs the fake replays (fixtures/opencode/run1, run2-resume). */
 const SESSION = "ses_de2d87857ffeYcorR0xMgtIWlV";
@@ -18,12 +28,16 @@ const MODEL_TEXT = "Hi! I am the fake model.";
 const TASK_KEY = "e2e-paperclip-task";
 const RUN_ID_ANNOTATION = "opencode-k8s.dev/run-id";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
+const PACKAGE = "paperclip-adapter-opencode-k8s";
+/** Paperclip's GET /heartbeat-runs/:id/log pages at this many bytes. */
+const LOG_PAGE_BYTES = 256_000;
 
 let cluster;
 let paperclip;
 let api;
 let companyId;
 let fakeBin;
+let registry;
 
 /** Puts the fake `opencode` and the captured output it replays where the pods can run them. */
 function installFakeOpencode() {
@@ -72,13 +86,15 @@ async function getRun(runId) {
 /**
  * Waits for the run to end and for Paperclip to finish its bookkeeping: the run's status is
  * written before the task session and the agent's status, and a wake-up that lands in between
- * sees the old session.
+ * sees the old session. `agentIdle: false` skips the second wait, for an agent Paperclip still
+ * counts as busy with a run it lost at a restart.
  */
-async function finishedRun(runId) {
+async function finishedRun(runId, { agentIdle = true } = {}) {
   const run = await waitFor(`run ${runId} to finish`, async () => {
     const current = await getRun(runId);
     return TERMINAL.has(current.status) ? current : undefined;
   }, { timeoutMs: 120_000, proc: paperclip.proc });
+  if (!agentIdle) return run;
   await waitFor(`agent ${run.agentId} to be idle again`, async () => {
     const { body } = await api.get(`/agents/${run.agentId}`);
     return body.status !== "running";
@@ -132,6 +148,7 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
 
   after(async () => {
     await paperclip?.proc.stop(30_000);
+    await registry?.proc.stop(10_000);
     await cluster?.proc.stop(15_000);
   }, { timeout: 60_000 });
 
@@ -165,6 +182,12 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
       "the pod ran and got the prompt",
     );
     assert.ok(log.includes(MODEL_TEXT), `the pod's stdout is in the run log:\n${log}`);
+    // Paperclip's required skill is a file OpenCode finds in the pod, not prompt text.
+    assert.match(log, /fake-opencode: skills: .*\bpaperclip\b/, "the skills reached the pod");
+    // With Paperclip's five skills inlined it was 69,420 bytes; opencode_local's is ~10 KB.
+    const promptBytes = Number(/new session after a (\d+)-byte prompt/.exec(log)[1]);
+    t.diagnostic(`fresh prompt: ${promptBytes} bytes`);
+    assert.ok(promptBytes < 20_000, `the fresh prompt is ${promptBytes} bytes`);
   });
 
   it("stores the session id and resumes it on the next run", slow, async () => {
@@ -216,5 +239,140 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
       throw new Error(`${error.message}; still there: ${names.join(", ")}`);
     });
     assert.equal(gone, true);
+  });
+  /** The README's upgrade step: restart the server; the database, home and volume stay. */
+  async function restartPaperclip() {
+    await paperclip.proc.stop(30_000);
+    paperclip = await startPaperclip({ pvcDir: cluster.pvcDir });
+    api = paperclip.api;
+  }
+
+  async function adapterInfo() {
+    const { status, body } = await api.get("/adapters");
+    assert.equal(status, 200);
+    return body.find((a) => a.type === "opencode_k8s");
+  }
+
+  /** The run's chunks whose text matches `re`, by stream. */
+  async function streamsOf(runId, re) {
+    const chunks = await api.runLogChunks(runId);
+    return [...new Set(chunks.filter((c) => re.test(c.chunk)).map((c) => c.stream))];
+  }
+
+  /** The version in a package tarball's package.json. */
+  function tarballVersion(tarball) {
+    const json = execFileSync("tar", ["-xzOf", tarball, "package/package.json"], { encoding: "utf8" });
+    return JSON.parse(json).version;
+  }
+
+  let version;
+
+  it("installs by name from the operator's registry, as the README says, and runs a heartbeat", slow, async (t) => {
+    const tarball = required("E2E_TARBALL");
+    version = tarballVersion(tarball);
+    registry = await startRegistry();
+    registry.publish(tarball);
+    // The README's step: the registry goes into the .npmrc of the directory Paperclip runs
+    // `npm install` in ($PAPERCLIP_HOME/adapter-plugins, on the shared volume).
+    const plugins = path.join(cluster.pvcDir, "adapter-plugins");
+    fs.mkdirSync(plugins, { recursive: true });
+    fs.writeFileSync(path.join(plugins, ".npmrc"), `registry=${registry.url}\n`);
+
+    const started = Date.now();
+    const { status, body } = await api.post("/adapters/install", { packageName: `${PACKAGE}@${version}` });
+    t.diagnostic(`install by name took ${Date.now() - started} ms`);
+    assert.equal(status, 201, `POST /api/adapters/install: ${JSON.stringify(body)}`);
+    assert.equal(body.type, "opencode_k8s");
+    assert.equal(body.version, version);
+    assert.equal(body.requiresRestart, true, "replacing the local-path install needs a restart");
+    await restartPaperclip();
+    const info = await adapterInfo();
+    assert.equal(info.packageName, PACKAGE);
+    assert.equal(info.version, version);
+    assert.equal(info.isLocalPath, undefined, "installed from the registry, not a path");
+
+    // A run log longer than one page of the log endpoint: the harness joins the pages.
+    const agent = await createAgent("opencode-k8s e2e by-name agent", { E2E_FAKE_OPENCODE_PAD: String(LOG_PAGE_BYTES + 50_000) });
+    const runId = await invoke(agent);
+    const run = await finishedRun(runId);
+    const log = await api.runLog(runId);
+    assert.equal(run.status, "succeeded", describeRun(run, log.slice(-4000)));
+    assert.ok(Buffer.byteLength(log) > LOG_PAGE_BYTES, `the log (${Buffer.byteLength(log)} bytes) spans pages`);
+    assert.ok(log.includes(MODEL_TEXT), "the output after the first page is there");
+    // What ran, and which lines are the engine's: only the adapter writes the system stream.
+    assert.deepEqual(await streamsOf(runId, new RegExp(`\\[opencode-k8s\\] ${PACKAGE} ${version} `)), ["system"]);
+    assert.deepEqual(await streamsOf(runId, /\[opencode-k8s\] created Job /), ["system"]);
+    assert.deepEqual(await streamsOf(runId, /\[k8s\] Normal /), ["system"]);
+    assert.deepEqual(await streamsOf(runId, /fake-opencode: new session/), ["stdout"]);
+  });
+
+  it("upgrades by name during a long run: the Job survives, the next run adopts it on the new version", slow, async (t) => {
+    assert.ok(version, "needs the by-name install");
+    const release = path.join(RUN_DIR, "release-upgrade-run");
+    const agent = await createAgent("opencode-k8s e2e upgrade agent", { E2E_FAKE_OPENCODE_RELEASE: release });
+    const oldRunId = await invoke(agent);
+    await waitFor(
+      "the long run's pod to start",
+      async () => (await api.runLog(oldRunId)).includes("fake-opencode: waiting for"),
+      { timeoutMs: 120_000, proc: paperclip.proc },
+    );
+    const [job] = (await clusterObjectsOf(oldRunId)).jobs;
+    assert.ok(job, "the long run has a Job");
+
+    // The next version, published as its maintainer would (a test-only version bump).
+    const next = path.join(RUN_DIR, "next-version");
+    fs.mkdirSync(next);
+    execFileSync("tar", ["-xzf", required("E2E_TARBALL"), "-C", next]);
+    const pkgFile = path.join(next, "package", "package.json");
+    const pkg = JSON.parse(fs.readFileSync(pkgFile, "utf8"));
+    const [major, minor, patch] = version.split(/[.-]/).map(Number);
+    const nextVersion = `${major}.${minor}.${patch + 1}`;
+    fs.writeFileSync(pkgFile, JSON.stringify({ ...pkg, version: nextVersion }, null, 2));
+    registry.publish(path.join(next, "package"));
+
+    const started = Date.now();
+    const { status, body } = await api.post("/adapters/install", { packageName: `${PACKAGE}@${nextVersion}` });
+    t.diagnostic(`upgrade install by name took ${Date.now() - started} ms`);
+    assert.equal(status, 201, `POST /api/adapters/install: ${JSON.stringify(body)}`);
+    assert.equal(body.version, nextVersion);
+    assert.equal(body.requiresRestart, true, "Paperclip asks for the restart");
+    // Before the restart Paperclip already reports the new version (it reads package.json from
+    // disk) while the old code is still the one loaded; the run goes on undisturbed.
+    assert.equal((await adapterInfo()).version, nextVersion);
+    assert.equal((await getRun(oldRunId)).status, "running", "the install did not stop the run");
+
+    await restartPaperclip();
+    const info = await adapterInfo();
+    assert.equal(info.version, nextVersion, "GET /api/adapters reports the new version");
+    // What Paperclip shows for the old run is Paperclip's business (with the scheduler off, as
+    // here, it still says `running`: nothing reaps it); the Job is ours, and it must live on.
+    const oldRun = await getRun(oldRunId);
+    t.diagnostic(`the old run after the restart: status=${oldRun.status} errorCode=${oldRun.errorCode}`);
+    const still = await clusterObjectsOf(oldRunId);
+    assert.equal(still.jobs.length, 1, "the old run's Job was not killed by the upgrade");
+    assert.equal(still.jobs[0].metadata.uid, job.metadata.uid);
+
+    // The next run of the same task adopts the Job, on the new version, and gets its output.
+    const createdBefore = await jobsCreated();
+    const adoptingRunId = await invoke(agent);
+    await waitFor(
+      "the next run to reattach to the Job",
+      async () => (await api.runLog(adoptingRunId)).includes(`reattaching to Job ${NAMESPACE}/${job.metadata.name}`),
+      { timeoutMs: 120_000, proc: paperclip.proc },
+    );
+    fs.writeFileSync(release, "");
+    // Paperclip still counts the old run as running (nothing reaps it with the scheduler off),
+    // so the agent does not go idle.
+    const adopting = await finishedRun(adoptingRunId, { agentIdle: false });
+    const log = await api.runLog(adoptingRunId);
+    t.diagnostic(`adopting run: ${JSON.stringify({ status: adopting.status, usageJson: adopting.usageJson, resultJson: adopting.resultJson })}`);
+    assert.equal(adopting.status, "succeeded", describeRun(adopting, log));
+    assert.ok(log.includes(`[opencode-k8s] ${PACKAGE} ${nextVersion} `), `the new version ran it:\n${log}`);
+    assert.ok(log.includes("fake-opencode: released"), "the old Job's output after the restart is not lost");
+    assert.ok(log.includes(MODEL_TEXT), "the model's answer reached Paperclip");
+    assert.equal(adopting.sessionIdAfter, SESSION, "the session of the adopted Job is kept");
+    const usage = adopting.usageJson ?? {};
+    assert.ok((usage.inputTokens ?? usage.rawInputTokens) > 0, `the Job's usage was recorded: ${JSON.stringify(usage)}`);
+    assert.equal(await jobsCreated(), createdBefore, "the adopting run created no Job of its own");
   });
 });

@@ -189,6 +189,9 @@ export async function startKubeSim() {
   return { proc, kubeconfig, pvcDir, kube, requests };
 }
 
+let starts = 0;
+let embeddedPostgresPort;
+
 /**
  * Starts the real Paperclip server (local_trusted mode: no login, loopback only) as a Paperclip
  * Deployment's pod would run it: PAPERCLIP_HOME on the shared volume at /paperclip, POD_NAME and
@@ -198,18 +201,21 @@ export async function startKubeSim() {
 export async function startPaperclip({ pvcDir }) {
   const appDir = required("E2E_PAPERCLIP_DIR");
   const port = await freePort();
-  const pgPort = await freePort();
+  // A restart keeps the database, the home and the volume; it gets a fresh port and log file.
+  const generation = (starts += 1);
   const dbDir = path.join(RUN_DIR, "db");
-  fs.mkdirSync(dbDir);
+  const pgPort = generation === 1 ? await freePort() : embeddedPostgresPort;
+  embeddedPostgresPort = pgPort;
+  fs.mkdirSync(dbDir, { recursive: true });
   // The embedded PostgreSQL runs as `postgres` when the server is root (PostgreSQL refuses root).
   execFileSync("chown", ["postgres:postgres", dbDir]);
   const home = path.join(RUN_DIR, "home");
-  fs.mkdirSync(home);
+  fs.mkdirSync(home, { recursive: true });
   // Inside the server's namespace the Paperclip install is bound here, below /tmp, because the
   // postgres user must execute the PostgreSQL binaries and may not traverse root's HOME, where
   // the cache usually is.
   const appMount = path.join(RUN_DIR, "paperclip-app");
-  fs.mkdirSync(appMount);
+  fs.mkdirSync(appMount, { recursive: true });
   // The mountpoint must exist on the host; kube-sim's kubelet creates it the same way.
   fs.mkdirSync(WORKSPACE_MOUNT, { recursive: true });
   const config = path.join(RUN_DIR, "paperclip-config.json");
@@ -282,9 +288,12 @@ export async function startPaperclip({ pvcDir }) {
         // What a Deployment sets through the downward API: the pod the agent Jobs inherit from.
         POD_NAME: "paperclip",
         POD_NAMESPACE: NAMESPACE,
+        // The npm cache of the machine, not a fresh one in HOME: the registry's tarballs are
+        // content-addressed, so installing by name does not download them again every run.
+        NPM_CONFIG_CACHE: required("E2E_NPM_CACHE"),
       },
       cwd: RUN_DIR,
-      log: path.join(RUN_DIR, "server.log"),
+      log: path.join(RUN_DIR, generation === 1 ? "server.log" : `server-${generation}.log`),
     },
   );
   // The server picks the next free port when the one asked for was taken meanwhile.
@@ -322,19 +331,110 @@ function paperclipClient(base) {
   return {
     get: (apiPath) => call("GET", apiPath),
     post: (apiPath, body) => call("POST", apiPath, body ?? {}),
-    /** The whole run log as text: the chunks of GET /heartbeat-runs/:id/log, in order. */
-    async runLog(runId) {
+    /**
+     * The run log's chunks, `{ ts, stream, chunk }`, in order. The endpoint pages at 256,000
+     * bytes wherever that falls, mid-line included: the pages are joined before the NDJSON is
+     * parsed.
+     */
+    async runLogChunks(runId) {
       let offset = 0;
-      let text = "";
+      let ndjson = "";
       for (;;) {
         const { status, body } = await call("GET", `/heartbeat-runs/${runId}/log?offset=${offset}`);
         if (status !== 200) throw new Error(`GET /heartbeat-runs/${runId}/log: ${status}`);
-        for (const line of body.content.split("\n")) {
-          if (line.trim()) text += JSON.parse(line).chunk;
-        }
-        if (body.nextOffset === undefined || body.nextOffset === null) return text;
+        ndjson += body.content;
+        if (body.nextOffset === undefined || body.nextOffset === null) break;
         offset = body.nextOffset;
       }
+      return ndjson
+        .split("\n")
+        .filter((line) => line.trim())
+        .map((line) => JSON.parse(line));
+    },
+    /** The whole run log as text, every stream. */
+    async runLog(runId) {
+      return (await this.runLogChunks(runId)).map((c) => c.chunk).join("");
+    },
+  };
+}
+
+/**
+ * Starts verdaccio on 127.0.0.1 with a throwaway storage and config in RUN_DIR: the operator's
+ * registry. Our package is published to it; everything else (the peer
+ * `@paperclipai/adapter-utils`) it proxies from registry.npmjs.org, as a company registry
+ * would. Returns its URL and `publish(dir)`, which publishes a staged package as a registered
+ * user.
+ */
+export async function startRegistry() {
+  const dir = path.join(RUN_DIR, "registry");
+  fs.mkdirSync(path.join(dir, "storage"), { recursive: true });
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}/`;
+  const config = path.join(dir, "config.yaml");
+  fs.writeFileSync(
+    config,
+    [
+      `storage: ${path.join(dir, "storage")}`,
+      "auth:",
+      "  htpasswd:",
+      `    file: ${path.join(dir, "htpasswd")}`,
+      "uplinks:",
+      "  npmjs:",
+      "    url: https://registry.npmjs.org/",
+      "packages:",
+      "  'paperclip-adapter-opencode-k8s':",
+      "    access: $all",
+      "    publish: $authenticated",
+      "  '**':",
+      "    access: $all",
+      "    proxy: npmjs",
+      // The default, 10mb, is less than a package with a debug addon.
+      "max_body_size: 200mb",
+      "log: { type: stdout, format: pretty, level: warn }",
+      "",
+    ].join("\n"),
+  );
+  const proc = new Proc(
+    "verdaccio",
+    process.execPath,
+    [required("E2E_VERDACCIO"), "--config", config, "--listen", `127.0.0.1:${port}`],
+    {
+      // The machine's extra CA (a TLS-inspecting proxy) is what lets it reach npmjs; npm reads
+      // it from its own config, verdaccio only from this variable.
+      env: {
+        PATH: process.env.PATH,
+        HOME: dir,
+        ...(process.env.NODE_EXTRA_CA_CERTS ? { NODE_EXTRA_CA_CERTS: process.env.NODE_EXTRA_CA_CERTS } : {}),
+      },
+      cwd: dir,
+      log: path.join(RUN_DIR, "verdaccio.log"),
+    },
+  );
+  await waitFor(
+    "verdaccio to answer",
+    async () => (await fetch(`${url}-/ping`)).ok,
+    { timeoutMs: 60_000, proc },
+  );
+  // A user for publishing: verdaccio's htpasswd backend registers on the first PUT.
+  const user = await fetch(`${url}-/user/org.couchdb.user:e2e`, {
+    method: "PUT",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "e2e", password: "e2e-password", type: "user", roles: [] }),
+  });
+  const { token } = await user.json();
+  if (!token) throw new Error(`verdaccio gave no token (${user.status})`);
+  const npmrc = path.join(dir, "publisher.npmrc");
+  fs.writeFileSync(npmrc, `registry=${url}\n//127.0.0.1:${port}/:_authToken=${token}\n`);
+  return {
+    proc,
+    url,
+    /** `npm publish` of a package tarball or directory, as the package's maintainer would. */
+    publish(spec) {
+      execFileSync("npm", ["publish", spec, "--userconfig", npmrc, "--loglevel=warn"], {
+        cwd: dir,
+        env: { ...process.env, HOME: dir },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
     },
   };
 }

@@ -8,13 +8,14 @@ export { EngineError } from "./lib/engine.js";
 
 /**
  * The adapter module. `options.engine` is for tests and embedding (`selfPodNamespace`,
- * `selfPodName`); Paperclip passes nothing and the Jobs inherit from the pod it runs in.
+ * `selfPodName`) and `options.skillsHome` (where skills are copied, default the shared volume's
+ * `.claude/skills`); Paperclip passes nothing and the Jobs inherit from the pod it runs in.
  */
 export function createServerAdapter(options = {}) {
   const engine = new native.Engine(options.engine ?? null);
   return {
     type: ADAPTER_TYPE,
-    execute: (ctx) => execute(engine, ctx),
+    execute: (ctx) => execute(engine, ctx, { skillsHome: options.skillsHome }),
     testEnvironment: (ctx) => testEnvironment(engine, ctx),
     sessionCodec,
     models,

@@ -3,9 +3,12 @@
 // `new Function("exports", "module", "self", "globalThis", source)` and calls
 // `parseStdoutLine(line, ts)` for every line of the run log, in order.
 //
-// The run log holds what the agent pod wrote — OpenCode's JSON events on stdout and its
-// non-JSON errors (with ANSI colour codes) on stderr, interleaved — plus the engine's own
-// lines: `[opencode-k8s] ...` notices and `[k8s] Normal|Warning ...` Kubernetes events.
+// The lines it gets are what the agent pod wrote — OpenCode's JSON events on stdout and its
+// non-JSON errors (with ANSI colour codes) on stderr, interleaved by the kubelet. The engine's
+// own lines (`[opencode-k8s] ...` notices, `[k8s] Normal|Warning ...` Kubernetes events) are
+// written to the run log's `system` stream, which Paperclip shows as system entries without
+// calling this parser. So this parser never makes a `system` entry: whatever the agent prints,
+// even a line that starts like an engine line, is shown as the agent's.
 //
 // OpenCode prints a `step_finish` with tokens and cost after every model step; a run has one
 // final result, so steps are added up per session and one `result` entry is emitted when the
@@ -127,9 +130,6 @@ function parseStdoutLine(line, ts) {
   if (!text.trim()) return [];
   var event = parseJson(text.trim());
   if (event) return eventEntries(event, ts);
-  if (text.indexOf("[opencode-k8s] ") === 0) return [{ kind: "system", ts: ts, text: text }];
-  if (text.indexOf("[k8s] Warning ") === 0) return [{ kind: "stderr", ts: ts, text: text }];
-  if (text.indexOf("[k8s] ") === 0) return [{ kind: "system", ts: ts, text: text }];
   // OpenCode writes only JSON events to stdout: anything else came from its stderr.
   return [{ kind: "stderr", ts: ts, text: text }];
 }

@@ -164,6 +164,13 @@ impl RunHandle {
     }
 }
 
+/// The engine's version: the workspace version, which `opencode-k8s --version` prints too and
+/// the npm package's version equals (the package's tests check it).
+#[napi(catch_unwind)]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_owned()
+}
+
 /// Every agent configuration field, in the order the UI shows them.
 #[napi(catch_unwind)]
 pub fn config_fields() -> Vec<ConfigFieldJs> {

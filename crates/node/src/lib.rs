@@ -14,4 +14,4 @@ pub use convert::{
     CheckJs, ConfigFieldJs, EngineOptionsJs, RunErrorJs, RunEventJs, RunOutcomeJs, RunRequestJs,
     RunResultJs, SessionJs, UsageJs,
 };
-pub use engine::{Engine, RunHandle, config_fields};
+pub use engine::{Engine, RunHandle, config_fields, version};

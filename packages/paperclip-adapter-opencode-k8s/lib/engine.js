@@ -8,6 +8,10 @@ const require = createRequire(import.meta.url);
 /** The native addon (see ../native/index.d.ts). */
 export const native = require("../native/index.cjs");
 
+/** Which adapter runs, for the run log: the package's version and the addon's. */
+const pkg = require("../package.json");
+export const VERSION_LINE = `${pkg.name} ${pkg.version} (engine ${native.version()})`;
+
 /** An Error carrying a stable opencode-k8s error code. */
 export class EngineError extends Error {
   constructor(code, message) {

@@ -1,8 +1,16 @@
 // execute(ctx): one Paperclip run as one Kubernetes Job, through the engine addon.
+//
+// The run log keeps each chunk's stream, and Paperclip's transcript shows a `system` chunk as a
+// system entry and a `stderr` chunk as an error entry without passing them to the UI parser.
+// Everything the agent pod prints (its stdout and stderr, merged by the kubelet) goes on
+// `stdout`; the engine's notices, its Kubernetes events and this adapter's own warnings go on
+// `system`. The UI parser never makes a system entry, so an agent cannot print a line that
+// looks like the engine's: only this adapter chooses the stream.
 import { inferOpenAiCompatibleBiller } from "@paperclipai/adapter-utils";
 import { asString, parseObject } from "@paperclipai/adapter-utils/server-utils";
-import { EngineError, startRun } from "./engine.js";
+import { EngineError, VERSION_LINE, startRun } from "./engine.js";
 import { buildPrompt, paperclipEnv, savedSession, willResume, workspace } from "./prompt.js";
+import { DEFAULT_SKILLS_HOME, materializeSkills } from "./skills.js";
 
 function providerOf(model) {
   const slash = model.indexOf("/");
@@ -13,8 +21,29 @@ function cancellation(forced) {
   return { state: "acknowledged", acknowledgedAt: new Date().toISOString(), forced };
 }
 
-/** Run one agent turn. Never throws: every failure is a result with an `errorCode`. */
-export async function execute(engine, ctx) {
+/**
+ * Whether an abort is Paperclip giving up its claim on the run rather than someone stopping it.
+ * Paperclip renews a lease on every running run in its database every 10 s and aborts the
+ * run's signal when a renewal fails — which happens on every graceful shutdown (an upgrade's
+ * restart), once the database is stopped or the run is marked interrupted. Deleting the Job
+ * then would throw away the agent's work; left running, the next run of the task reattaches to
+ * it. The reason's message is the only thing that tells the two apart.
+ */
+export function isLeaseLoss(reason) {
+  return reason instanceof Error && reason.message === "Legacy controller lease lost";
+}
+
+/** The run-log stream of an engine event (see the top of this file). */
+export function streamOf(event) {
+  return event.type === "output" ? "stdout" : "system";
+}
+
+/**
+ * Run one agent turn. Never throws: every failure is a result with an `errorCode`.
+ * `options.skillsHome` is where the agent's skills are copied (default: the shared volume's
+ * `.claude/skills`, which is the pod's `~/.claude/skills`).
+ */
+export async function execute(engine, ctx, options = {}) {
   // Paperclip must be able to cancel before anything exists in the cluster.
   if (typeof ctx.onCancellationReady === "function") await ctx.onCancellationReady();
   const config = parseObject(ctx.config ?? ctx.agent?.adapterConfig);
@@ -26,7 +55,9 @@ export async function execute(engine, ctx) {
       // Nothing better to do with a log line the host refused.
     }
   };
-  const log = (line) => onLog("stdout", `${line}\n`);
+  const warn = (line) => onLog("system", `[opencode-k8s] ${line}\n`);
+  // After an upgrade the run log says which version ran the run.
+  await onLog("system", `[opencode-k8s] ${VERSION_LINE}\n`);
   const model = asString(config.model, "").trim();
   const provider = providerOf(model);
   const billing = {
@@ -41,7 +72,8 @@ export async function execute(engine, ctx) {
     const ws = workspace(config, ctx.context);
     const session = savedSession(ctx.runtime);
     const resumed = willResume(config, session, ws.cwd);
-    const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, log });
+    await materializeSkills(config, options.skillsHome ?? DEFAULT_SKILLS_HOME, warn);
+    const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, warn });
     const request = {
       runId: ctx.runId,
       agentId: ctx.agent.id,
@@ -56,12 +88,20 @@ export async function execute(engine, ctx) {
     };
     if (signal?.aborted) return cancelledBeforeStart(billing);
     const run = startRun(engine, request, config, (event) =>
-      event.type === "output" ? onLog("stdout", event.text) : onLog("stdout", `${event.text}\n`),
+      onLog(streamOf(event), event.type === "output" ? event.text : `${event.text}\n`),
     );
     // An AbortSignal that fired before the listener was added would never call it.
-    const abort = () => run.cancel();
+    const abort = () => {
+      if (!isLeaseLoss(signal.reason)) {
+        run.cancel();
+        return;
+      }
+      warn(
+        "Paperclip lost its lease on this run (its database is unreachable, or the server is shutting down): the Job is left running and the next run of this task reattaches to it",
+      );
+    };
     signal?.addEventListener("abort", abort, { once: true });
-    if (signal?.aborted) run.cancel();
+    if (signal?.aborted) abort();
     try {
       return toResult(await run.result, billing, session);
     } finally {

@@ -1,11 +1,10 @@
 // The prompt and the PAPERCLIP_* env of one run, assembled with the host's own
 // @paperclipai/adapter-utils exactly as the built-in opencode_local adapter does it (template,
 // bootstrap prompt on fresh sessions, wake prompt or resume delta, session handoff, instructions
-// file and desired skills on fresh sessions). The wake-prompt logic changes often in the host:
-// it is called, never ported.
+// file on fresh sessions). The wake-prompt logic changes often in the host: it is called, never
+// ported. Skills are not in the prompt: they are files OpenCode finds (./skills.js).
 import fs from "node:fs/promises";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   DEFAULT_PAPERCLIP_AGENT_PROMPT_TEMPLATE,
   DEFAULT_PAPERCLIP_CONVERSATION_PROMPT_TEMPLATE,
@@ -14,20 +13,15 @@ import {
   buildPaperclipEnv,
   buildRuntimeToolsEnv,
   isPaperclipRecoveryWakePayload,
-  isPaperclipSkillSourceMissing,
   joinPromptSections,
   parseObject,
   readPaperclipIssueWorkModeFromContext,
-  readPaperclipRuntimeSkillEntries,
   refreshPaperclipWorkspaceEnvForExecution,
   renderPaperclipWakePrompt,
   renderTemplate,
-  resolveLegacyPaperclipDesiredSkillNames,
   selectPaperclipTaskMarkdown,
   stringifyPaperclipWakePayload,
 } from "@paperclipai/adapter-utils/server-utils";
-
-const moduleDir = path.dirname(fileURLToPath(import.meta.url));
 
 function nonEmpty(value) {
   return typeof value === "string" && value.trim().length > 0 ? value.trim() : null;
@@ -109,7 +103,7 @@ export function willResume(config, session, cwd) {
   return !session.cwd || !cwd || path.resolve(session.cwd) === path.resolve(cwd);
 }
 
-async function instructions(config, cwd, log) {
+async function instructions(config, cwd, warn) {
   const file = nonEmpty(config.instructionsFilePath);
   if (!file) return "";
   const resolved = path.resolve(cwd ?? "/", file);
@@ -118,31 +112,13 @@ async function instructions(config, cwd, log) {
     const dir = `${path.dirname(resolved)}/`;
     return `${text}\n\nThe above agent instructions were loaded from ${resolved}. Resolve any relative file references from ${dir}.\n\n`;
   } catch (err) {
-    await log(`[opencode-k8s] could not read the agent instructions file "${resolved}": ${err.message}; continuing without them`);
+    await warn(`could not read the agent instructions file "${resolved}": ${err.message}; continuing without them`);
     return "";
   }
 }
 
-// The pod cannot see the host's skill directories, so the desired skills' SKILL.md files are
-// put into the prompt of a fresh session instead of being linked into a skills home.
-async function skills(config, log) {
-  const entries = await readPaperclipRuntimeSkillEntries(config, moduleDir);
-  const desired = new Set(resolveLegacyPaperclipDesiredSkillNames(config, entries));
-  const sections = [];
-  for (const entry of entries) {
-    if (!desired.has(entry.key) || isPaperclipSkillSourceMissing(entry)) continue;
-    try {
-      const text = await fs.readFile(path.join(entry.source, "SKILL.md"), "utf8");
-      sections.push(`### Skill: ${entry.runtimeName}\n\n${text.trim()}`);
-    } catch (err) {
-      await log(`[opencode-k8s] could not read skill "${entry.key}": ${err.message}`);
-    }
-  }
-  return sections.length > 0 ? `## Paperclip skills\n\n${sections.join("\n\n")}` : "";
-}
-
 /** The prompt OpenCode gets on stdin. */
-export async function buildPrompt(ctx, config, { cwd, resumed, log }) {
+export async function buildPrompt(ctx, config, { cwd, resumed, warn }) {
   const { agent, context = {}, runId } = ctx;
   const conversation = context.conversationMode === true;
   const template = asString(
@@ -171,8 +147,7 @@ export async function buildPrompt(ctx, config, { cwd, resumed, log }) {
     useResumeDelta || isPaperclipRecoveryWakePayload(context.paperclipWake) ? "" : renderTemplate(template, data);
   const handoff = asString(context.paperclipSessionHandoffMarkdown, "").trim();
   return joinPromptSections([
-    resumed ? "" : await instructions(config, cwd, log),
-    resumed ? "" : await skills(config, log),
+    resumed ? "" : await instructions(config, cwd, warn),
     bootstrap,
     wake,
     taskNote,

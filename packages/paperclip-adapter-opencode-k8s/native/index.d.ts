@@ -192,3 +192,9 @@ export interface UsageJs {
   /** Output tokens, reasoning included. */
   outputTokens: number
 }
+
+/**
+ * The engine's version: the workspace version, which `opencode-k8s --version` prints too and
+ * the npm package's version equals (the package's tests check it).
+ */
+export declare function version(): string

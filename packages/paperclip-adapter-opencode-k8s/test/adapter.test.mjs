@@ -1,6 +1,9 @@
 // The built addon driven through createServerAdapter() against the simulated cluster.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { createServerAdapter } from "../index.js";
 import { CWD, NS, PACKAGE_DIR, context, fixture, startCluster, waitFor } from "./helpers.mjs";
@@ -8,14 +11,17 @@ import { CWD, NS, PACKAGE_DIR, context, fixture, startCluster, waitFor } from ".
 const SESSION = "ses_de2d87857ffeYcorR0xMgtIWlV";
 let cluster;
 let adapter;
+let skillsHome;
 
 before(async () => {
   cluster = await startCluster();
-  adapter = createServerAdapter({ engine: { selfPodNamespace: NS, selfPodName: "paperclip" } });
+  skillsHome = mkdtempSync(join(tmpdir(), "oc-k8s-skills-"));
+  adapter = createServerAdapter({ engine: { selfPodNamespace: NS, selfPodName: "paperclip" }, skillsHome });
 });
 
 after(async () => {
   await cluster?.stop();
+  if (skillsHome) rmSync(skillsHome, { recursive: true, force: true });
 });
 
 function output(logs) {
@@ -36,6 +42,8 @@ test("a successful run streams its output and returns session, usage and billing
       'echo "PROMPT: $(printf "%s\\n" "$prompt" | head -n 1)"',
       'printf "%s\\n" "$prompt" | grep -q "You are agent agent-ok (Echo Agent)" && echo "TEMPLATE: yes"',
       'echo "ENV: $PAPERCLIP_RUN_ID ${PAPERCLIP_API_KEY:+key-set} $PAPERCLIP_AGENT_ID"',
+      'echo "[opencode-k8s] forged by the agent"',
+      'echo "[k8s] Normal Started pod/forged: by the agent" >&2',
     ].join("; "),
   );
   const logs = [];
@@ -57,6 +65,13 @@ test("a successful run streams its output and returns session, usage and billing
   assert.match(text, /TEMPLATE: yes/, "the host's heartbeat template reached the pod");
   assert.match(text, /ENV: run-ok key-set agent-ok/, "PAPERCLIP_* env and the agent token reached the pod");
   assert.match(text, /\[k8s\] Normal Started pod\//, "Kubernetes events are in the run log");
+  // The engine's lines are on the system stream, which only the adapter writes; whatever the
+  // agent prints, even a line that looks like the engine's, is on stdout.
+  const streamOf = (re) => [...new Set(logs.filter((l) => re.test(l.chunk)).map((l) => l.stream))];
+  assert.deepEqual(streamOf(/\[k8s\] Normal Started pod\/oc-/), ["system"]);
+  assert.deepEqual(streamOf(/^\[opencode-k8s\] (?!forged)/), ["system"]);
+  assert.deepEqual(streamOf(/forged/), ["stdout"]);
+  assert.deepEqual(streamOf(/"type":"step_start"/), ["stdout"]);
   assert.ok(!JSON.stringify(await cluster.jobs()).includes("agent-jwt-for-test"), "the token is not in a Job spec");
 });
 
@@ -93,6 +108,26 @@ test("aborting the signal cancels the run, acknowledges it and deletes the Job",
   const jobName = result.resultJson.jobName;
   assert.ok(jobName, JSON.stringify(result));
   await waitFor("the Job to be gone", async () => !(await cluster.jobs()).some((j) => j.metadata.name === jobName));
+});
+
+test("Paperclip losing its lease on the run (a restart) leaves the Job working, its result whole", async () => {
+  const release = join(cluster.bin, "release-lease");
+  cluster.opencode(`cat > /dev/null; echo "working"; while [ ! -e ${release} ]; do sleep 0.05; done; cat ${cluster.file("run1.jsonl", fixture("opencode/run1.stdout.jsonl"))}`);
+  const controller = new AbortController();
+  const logs = [];
+  const ctx = context(cluster, { runId: "run-lease", agentId: "agent-lease", logs, signal: controller.signal });
+  const running = adapter.execute(ctx);
+  await waitFor("the agent's first output", () => output(logs).includes("working"));
+  // What Paperclip's lease watcher does when a renewal fails.
+  controller.abort(new Error("Legacy controller lease lost"));
+  await waitFor("the adapter to say it leaves the Job", () => output(logs).includes("the Job is left running"));
+  const mine = (await cluster.jobs()).filter((j) => j.metadata.annotations?.["opencode-k8s.dev/run-id"] === "run-lease");
+  assert.equal(mine.length, 1, "the Job is still there");
+  writeFileSync(release, "");
+  const result = await running;
+  assert.equal(result.errorCode, null, output(logs));
+  assert.equal(result.sessionId, SESSION, "the Job's work reached the result");
+  assert.equal(result.resultJson.executionCancellation, undefined);
 });
 
 test("a signal aborted before execute creates no Job", async () => {

@@ -1,0 +1,101 @@
+// Paperclip's runtime skills, made available to OpenCode in the agent pod as files, the way the
+// built-in opencode_local adapter does it: each desired skill's directory lands in the skills
+// home OpenCode searches (`~/.claude/skills/<name>/SKILL.md`), and OpenCode lists the skills to
+// the model and loads one only when it is needed. The prompt stays as small as opencode_local's.
+//
+// opencode_local symlinks the host's skill directories; those live in Paperclip's install
+// (node_modules), which the pod cannot see, so the directories are copied onto the shared
+// volume instead. The pod's HOME is the volume's mount point, so the host's
+// `<volume>/.claude/skills` is the pod's `~/.claude/skills`. Like opencode_local's skills home,
+// the directory is shared by the agents of the instance: a skill is added or refreshed, never
+// removed by another agent's run.
+import { createHash, randomUUID } from "node:crypto";
+import fs from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import {
+  isPaperclipSkillSourceMissing,
+  readPaperclipRuntimeSkillEntries,
+  resolveLegacyPaperclipDesiredSkillNames,
+} from "@paperclipai/adapter-utils/server-utils";
+
+const moduleDir = path.dirname(fileURLToPath(import.meta.url));
+
+/** Where the shared volume is mounted, in the Paperclip container and in every agent pod. */
+export const VOLUME_MOUNT = "/paperclip";
+
+/** The skills home on the host; the pod sees it as `$HOME/.claude/skills`. */
+export const DEFAULT_SKILLS_HOME = path.join(VOLUME_MOUNT, ".claude", "skills");
+
+/** Records which source a copied skill came from, so an unchanged skill is not copied again. */
+const STAMP = ".opencode-k8s-source";
+
+/** A digest of a directory's files (relative path and contents, symlinks followed). */
+async function digest(dir) {
+  const hash = createHash("sha256");
+  const walk = async (rel) => {
+    const entries = await fs.readdir(path.join(dir, rel), { withFileTypes: true });
+    entries.sort((a, b) => a.name.localeCompare(b.name));
+    for (const entry of entries) {
+      const child = path.join(rel, entry.name);
+      const stat = await fs.stat(path.join(dir, child));
+      if (stat.isDirectory()) {
+        await walk(child);
+      } else if (stat.isFile()) {
+        hash.update(`${child}\0${stat.size}\0`);
+        hash.update(await fs.readFile(path.join(dir, child)));
+      }
+    }
+  };
+  await walk("");
+  return hash.digest("hex");
+}
+
+/**
+ * Copy `source` to `target` unless `target` already holds the same files. The copy is built
+ * next to the target and renamed into place, so a pod starting meanwhile never sees half a skill.
+ */
+async function install(source, target) {
+  const stamp = await digest(source);
+  const current = await fs.readFile(path.join(target, STAMP), "utf8").catch(() => null);
+  if (current === stamp) return "unchanged";
+  const staging = `${target}.tmp-${randomUUID()}`;
+  const retired = `${target}.old-${randomUUID()}`;
+  try {
+    await fs.cp(source, staging, { recursive: true, dereference: true });
+    await fs.writeFile(path.join(staging, STAMP), stamp);
+    await fs.rename(target, retired).catch((err) => {
+      if (err.code !== "ENOENT") throw err;
+    });
+    await fs.rename(staging, target).catch((err) => {
+      // Another run of the instance put the same skill in place meanwhile.
+      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+    });
+  } finally {
+    await fs.rm(staging, { recursive: true, force: true });
+    await fs.rm(retired, { recursive: true, force: true });
+  }
+  return current === null ? "installed" : "refreshed";
+}
+
+/**
+ * Put the agent's desired runtime skills into `skillsHome`. Returns the runtime names of the
+ * skills that are there; a skill that cannot be copied is reported through `warn` and skipped
+ * (the run goes on without it, as with opencode_local).
+ */
+export async function materializeSkills(config, skillsHome, warn) {
+  const entries = await readPaperclipRuntimeSkillEntries(config, moduleDir);
+  const desired = new Set(resolveLegacyPaperclipDesiredSkillNames(config, entries));
+  const present = [];
+  for (const entry of entries) {
+    if (!desired.has(entry.key) || isPaperclipSkillSourceMissing(entry)) continue;
+    try {
+      await fs.mkdir(skillsHome, { recursive: true });
+      await install(entry.source, path.join(skillsHome, entry.runtimeName));
+      present.push(entry.runtimeName);
+    } catch (err) {
+      await warn(`could not copy skill "${entry.key}" into ${skillsHome}: ${err.message}; the run goes on without it`);
+    }
+  }
+  return present;
+}
