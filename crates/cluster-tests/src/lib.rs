@@ -12,7 +12,7 @@
 //! Other settings, all optional: `OPENCODE_K8S_TEST_HOSTPATH` (a world-writable directory on the
 //! node for the claims; default the hostPath of the PV `shared` of `../shared/k8s`),
 //! `OPENCODE_K8S_TEST_AUDIT_LOG` (the API server's audit log, for request counts; default
-//! `~/.cache/local-k8s/audit.log` when it exists), `OPENCODE_K8S_TEST_K8S_DIR` (the directory
+//! `../shared/k8s`'s, `~/.cache/local-k8s/audit.log`, when it exists), `OPENCODE_K8S_TEST_K8S_DIR` (the directory
 //! with `up` and `down`, for the API server restart test; default `../shared/k8s`),
 //! `OPENCODE_K8S_TEST_MKIMAGE` (see `build-images`).
 

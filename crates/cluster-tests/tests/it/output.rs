@@ -88,33 +88,46 @@ async fn two_api_server_restarts_during_a_long_run_lose_and_repeat_nothing() {
     let restarts = async {
         let mut away = Vec::new();
         for after in [8_000, 28_000] {
-            bounded(
-                Duration::from_secs(90),
-                "output to reach the restart point",
-                async {
-                    while delivered(&sink) < after {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
-            )
+            let reached = tokio::time::timeout(Duration::from_secs(90), async {
+                while delivered(&sink) < after {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
             .await;
-            let took = tier
-                .restart_apiserver()
-                .await
-                .expect("restart the kube-apiserver");
-            away.push(took);
+            if reached.is_err() {
+                return Err(format!(
+                    "after {} restart(s) the output stalled at {} lines for 90 s (waiting for {after})",
+                    away.len(),
+                    delivered(&sink)
+                ));
+            }
+            away.push(
+                tier.restart_apiserver()
+                    .await
+                    .expect("restart the kube-apiserver"),
+            );
         }
-        away
+        Ok(away)
     };
     let started = Instant::now();
-    let (result, away) = tokio::join!(
-        bounded(
-            Duration::from_secs(240),
-            "the run",
-            engine.run(request, &config, &sink, CancellationToken::new())
-        ),
-        restarts
+    let run = bounded(
+        Duration::from_secs(240),
+        "the run",
+        engine.run(request, &config, &sink, CancellationToken::new()),
     );
+    tokio::pin!(run);
+    let away = tokio::select! {
+        result = &mut run => Err(format!("the run ended before the second restart: {result:?}")),
+        away = restarts => away,
+    };
+    let away = away.unwrap_or_else(|problem| {
+        panic!(
+            "{problem}\n{}\n{}",
+            check_lines(&sink.output(), 50_000),
+            sink.lines().join("\n")
+        )
+    });
+    let result = run.await;
     let output = sink.output();
     let report = check_lines(&output, 50_000);
     say(&format!(
