@@ -56,12 +56,6 @@ impl Quantiles {
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
         let at = |q: f64| {
-            #[expect(
-                clippy::cast_possible_truncation,
-                clippy::cast_sign_loss,
-                clippy::cast_precision_loss,
-                reason = "a rank among a handful of samples"
-            )]
             let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
             sorted[rank - 1]
         };
@@ -139,7 +133,6 @@ pub(crate) async fn bench(
             if i == 0 {
                 first_requests = Some(total(&counts));
             } else {
-                #[expect(clippy::cast_precision_loss, reason = "small counts")]
                 requests.push(total(&counts) as f64);
                 for (kind, n) in counts {
                     *by_kind.entry(kind).or_insert(0) += n;

@@ -18,7 +18,6 @@ fn printed_rate(output: &str, lines: u64) -> Option<f64> {
         .lines()
         .find(|l| l.starts_with("fake-opencode: printed "))?;
     let seconds: f64 = line.rsplit(' ').nth(1)?.parse().ok()?;
-    #[expect(clippy::cast_precision_loss, reason = "line counts are small")]
     Some(lines as f64 / seconds.max(0.01))
 }
 
@@ -117,7 +116,13 @@ async fn two_api_server_restarts_during_a_long_run_lose_and_repeat_nothing() {
     );
     tokio::pin!(run);
     let away = tokio::select! {
-        result = &mut run => Err(format!("the run ended before the second restart: {result:?}")),
+        result = &mut run => Err(match result {
+            Ok(r) => format!(
+                "the run ended before the second restart: {:?} (exit {:?}, code {:?}, {:?})",
+                r.status, r.exit_code, r.error_code, r.usage
+            ),
+            Err(e) => format!("the run ended before the second restart: {} ({e})", e.code),
+        }),
         away = restarts => away,
     };
     let away = away.unwrap_or_else(|problem| {
