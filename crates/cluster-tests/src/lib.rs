@@ -36,7 +36,7 @@ use opencode_k8s_core::config::AgentConfig;
 use opencode_k8s_core::event::{RunEvent, RunSink};
 use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, SelfPod};
 use opencode_k8s_core::manifest::RunRequest;
-use opencode_k8s_core::rbac::{self, Scope};
+use opencode_k8s_core::rbac::{self, RbacOptions};
 use serde_json::{Value, json};
 
 /// The admin kubeconfig of the cluster to test against.
@@ -238,27 +238,16 @@ async fn ensure_image(admin: &Client) -> Result<String, Error> {
 }
 
 /// How a sandbox differs from the default one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SandboxOptions {
     /// Label the namespace `pod-security.kubernetes.io/enforce=restricted`.
     pub restricted: bool,
-    /// The engine's Role rules (default: every namespaced rule of the engine's table).
-    pub rules: Vec<PolicyRule>,
+    /// The engine's Role rules instead of the generated Role's (`opencode-k8s rbac`).
+    pub rules: Option<Vec<PolicyRule>>,
     /// More env of the Paperclip container.
     pub paperclip_env: Vec<EnvVar>,
     /// Secrets (name → key → value) to create before the Paperclip pod.
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl Default for SandboxOptions {
-    fn default() -> Self {
-        Self {
-            restricted: false,
-            rules: rbac::policy_rules(|r| r.scope == Scope::Namespaced),
-            paperclip_env: Vec::new(),
-            secrets: BTreeMap::new(),
-        }
-    }
 }
 
 /// One test's namespace, engine identity and Paperclip pod; deleted on drop.
@@ -367,7 +356,7 @@ impl Sandbox {
                 }))?,
             )
             .await?;
-        self.bind_engine(&options.rules).await?;
+        self.bind_engine(options.rules.as_deref()).await?;
         for (name, data) in &options.secrets {
             Api::<Secret>::namespaced(admin.clone(), ns)
                 .create(
@@ -440,47 +429,45 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Replaces the engine's Role with `rules` (bound to its ServiceAccount).
-    pub async fn bind_engine(&self, rules: &[PolicyRule]) -> Result<(), Error> {
+    /// The engine's ServiceAccount, its Role and RoleBinding: with `rules`, a Role of those;
+    /// without, the objects `opencode-k8s rbac` prints for this namespace and ServiceAccount.
+    async fn bind_engine(&self, rules: Option<&[PolicyRule]>) -> Result<(), Error> {
         let admin = &self.tier.admin;
         let ns = self.ns.as_str();
         let pp = PostParams::default();
-        let sa = Api::<ServiceAccount>::namespaced(admin.clone(), ns);
-        if sa.get_opt(ENGINE_SA).await?.is_none() {
-            sa.create(
+        Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+            .create(
                 &pp,
                 &serde_json::from_value(json!({"metadata": {"name": ENGINE_SA}}))?,
             )
             .await?;
-        }
-        let roles = Api::<Role>::namespaced(admin.clone(), ns);
-        let role: Role = serde_json::from_value(json!({
-            "metadata": {"name": "opencode-k8s"},
-            "rules": rules,
-        }))?;
-        if roles.get_opt("opencode-k8s").await?.is_some() {
-            roles
-                .replace(
-                    "opencode-k8s",
-                    &pp,
-                    &Role {
-                        metadata: roles.get("opencode-k8s").await?.metadata,
-                        ..role
-                    },
-                )
-                .await?;
-        } else {
-            roles.create(&pp, &role).await?;
-            Api::<RoleBinding>::namespaced(admin.clone(), ns)
-                .create(
-                    &pp,
-                    &serde_json::from_value(json!({
-                        "metadata": {"name": "opencode-k8s"},
-                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "opencode-k8s"},
-                        "subjects": [{"kind": "ServiceAccount", "name": ENGINE_SA, "namespace": ns}],
-                    }))?,
-                )
-                .await?;
+        let generated = rbac::render_yaml(&RbacOptions {
+            namespace: ns.to_owned(),
+            service_account: ENGINE_SA.to_owned(),
+            service_account_namespace: ns.to_owned(),
+            cluster_scoped: false,
+            name: "opencode-k8s".to_owned(),
+        })?;
+        // The header comment, then one document per object.
+        for document in generated.split("---\n").skip(1) {
+            let object: Value = serde_saphyr::from_str(document)?;
+            match object["kind"].as_str() {
+                Some("Role") => {
+                    let mut role: Role = serde_json::from_value(object)?;
+                    if let Some(rules) = rules {
+                        role.rules = Some(rules.to_vec());
+                    }
+                    Api::<Role>::namespaced(admin.clone(), ns)
+                        .create(&pp, &role)
+                        .await?;
+                }
+                Some("RoleBinding") => {
+                    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                        .create(&pp, &serde_json::from_value(object)?)
+                        .await?;
+                }
+                other => return Err(err(format!("unexpected {other:?} in `opencode-k8s rbac`"))),
+            }
         }
         Ok(())
     }

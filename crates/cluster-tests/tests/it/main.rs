@@ -55,6 +55,14 @@ impl Outcome {
         }
     }
 
+    /// The error message, whether the run reached an outcome or not.
+    pub(crate) fn message(&self) -> String {
+        match &self.result {
+            Ok(result) => result.error_message.clone().unwrap_or_default(),
+            Err(err) => err.message.clone(),
+        }
+    }
+
     /// The result; panics with the run log when the run did not reach an outcome.
     pub(crate) fn ok(&self) -> &RunResult {
         self.result

@@ -102,7 +102,7 @@ async fn with_half_the_rules_doctor_names_exactly_the_other_half() {
         .filter(|n| !granted.contains(n))
         .collect();
     let options = SandboxOptions {
-        rules: rbac::policy_rules(|r| granted.contains(&name(r))),
+        rules: Some(rbac::policy_rules(|r| granted.contains(&name(r)))),
         ..Default::default()
     };
     let sandbox = tier.sandbox("doctor-half", options).await.unwrap();
@@ -147,9 +147,9 @@ async fn a_run_refused_midway_leaves_nothing_behind() {
         return;
     };
     let options = SandboxOptions {
-        rules: rbac::policy_rules(|r| {
+        rules: Some(rbac::policy_rules(|r| {
             r.scope == Scope::Namespaced && (r.resource, r.verb) != ("secrets", "patch")
-        }),
+        })),
         ..Default::default()
     };
     let sandbox = tier.sandbox("refused-midway", options).await.unwrap();
@@ -174,4 +174,6 @@ async fn a_run_refused_midway_leaves_nothing_behind() {
         outcome.result,
         outcome.log()
     );
+    // Refused at the ownerReference patch, after the Secret and the Job were created.
+    assert!(outcome.message().contains("patch"), "{}", outcome.message());
 }
