@@ -232,7 +232,11 @@ async fn ensure_image(admin: &Client) -> Result<String, Error> {
             })
     });
     if !present {
-        reference(&[])?;
+        reference(&[]).map_err(|e| {
+            err(format!(
+                "the node does not list image {image} and building it failed: {e}\nbuild it with `build-images --output FILE` and load it into the cluster (README: the real-cluster tier)"
+            ))
+        })?;
     }
     Ok(ENSURED.get_or_init(|| image).clone())
 }
