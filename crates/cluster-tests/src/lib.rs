@@ -139,6 +139,7 @@ impl Tier {
                 })?,
         };
         let image = ensure_image(&admin).await?;
+        sweep_stale(&admin).await?;
         Ok(Tier {
             admin,
             kubeconfig,
@@ -239,6 +240,40 @@ async fn ensure_image(admin: &Client) -> Result<String, Error> {
         })?;
     }
     Ok(ENSURED.get_or_init(|| image).clone())
+}
+
+/// The label of everything a sandbox creates outside its namespace, and of the namespace.
+const PART_OF: &str = "app.kubernetes.io/part-of=opencode-k8s-tier";
+
+/// Deletes sandboxes (namespaces and PVs) older than an hour: left by a test process that was
+/// killed before it could clean up. Once per process.
+async fn sweep_stale(admin: &Client) -> Result<(), Error> {
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    if SWEPT.get().is_some() {
+        return Ok(());
+    }
+    let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let stale = |meta: &kube::api::ObjectMeta| {
+        meta.creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 < cutoff)
+    };
+    let lp = kube::api::ListParams::default().labels(PART_OF);
+    let dp = DeleteParams::background();
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    for ns in namespaces.list(&lp).await?.items {
+        if let (true, Some(name)) = (stale(&ns.metadata), &ns.metadata.name) {
+            namespaces.delete(name, &dp).await?;
+        }
+    }
+    let volumes = Api::<PersistentVolume>::all(admin.clone());
+    for pv in volumes.list(&lp).await?.items {
+        if let (true, Some(name)) = (stale(&pv.metadata), &pv.metadata.name) {
+            volumes.delete(name, &dp).await?;
+        }
+    }
+    let _ = SWEPT.set(());
+    Ok(())
 }
 
 /// How a sandbox differs from the default one.
