@@ -4,11 +4,15 @@
 //! completion detection latency, aggregate throughput and the engine's RSS. A benchmark, not a
 //! test: nothing here fails on a timing; the targets are reported as met or not.
 //!
+//! With `--kubeconfig` it measures a real cluster instead (`real`): the seconds the engine adds
+//! per run and, with `--audit-log`, the API requests per run.
+//!
 //! The same binary is the pod's process (`gen`, behind the fake `opencode`) and the cluster's
 //! (`sim`), so a benchmark needs nothing but this one file.
 
 mod generate;
 mod measure;
+mod real;
 mod report;
 mod scenario;
 mod sim;
@@ -32,6 +36,17 @@ struct Cli {
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Benchmark a real cluster instead of the simulated one: an admin kubeconfig (the runs
+    /// use a namespace and ServiceAccount of their own, as the real-cluster test tier does).
+    #[arg(long, value_name = "FILE", env = "OPENCODE_K8S_BENCH_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Runs against the real cluster, one after the other.
+    #[arg(long, default_value_t = 10, requires = "kubeconfig")]
+    runs: usize,
+    /// The real cluster's API server audit log, to count requests per run (absent: not
+    /// measured).
+    #[arg(long, value_name = "FILE", requires = "kubeconfig")]
+    audit_log: Option<PathBuf>,
     #[command(subcommand)]
     role: Option<Role>,
 }
@@ -64,7 +79,15 @@ fn main() -> anyhow::Result<()> {
             generate::run(generate::Plan { lines, bytes, rate })
         }
         Some(Role::Sim) => runtime()?.block_on(sim::serve()),
-        None => runtime()?.block_on(bench(cli.scenario, cli.json_out)),
+        None => match cli.kubeconfig {
+            Some(kubeconfig) => runtime()?.block_on(bench_real(
+                &kubeconfig,
+                cli.runs,
+                cli.audit_log,
+                cli.json_out,
+            )),
+            None => runtime()?.block_on(bench(cli.scenario, cli.json_out)),
+        },
     }
 }
 
@@ -107,6 +130,23 @@ async fn bench(scenario: Scenario, json_out: Option<PathBuf>) -> anyhow::Result<
         return Err(err);
     }
     let summary = Summary::new(scenario, phases, cluster_peak);
+    let json = serde_json::to_string_pretty(&summary)?;
+    if let Some(path) = &json_out {
+        std::fs::write(path, &json)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+    progress(&summary.table());
+    emit(&json);
+    Ok(())
+}
+
+async fn bench_real(
+    kubeconfig: &std::path::Path,
+    runs: usize,
+    audit_log: Option<PathBuf>,
+    json_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let summary = real::bench(kubeconfig, runs.max(1), audit_log).await?;
     let json = serde_json::to_string_pretty(&summary)?;
     if let Some(path) = &json_out {
         std::fs::write(path, &json)

@@ -1,0 +1,73 @@
+//! API requests per run, counted by the real API server's audit log: flat in run length.
+
+use std::time::{Duration, SystemTime};
+
+use opencode_k8s_cluster_tests::{AuditLog, Sandbox, say, tier, total};
+use opencode_k8s_core::lifecycle::{Engine, RunStatus};
+use serde_json::json;
+
+use crate::{bounds, run};
+
+async fn counted(
+    sandbox: &Sandbox,
+    engine: &Engine,
+    audit: &AuditLog,
+    run_id: &str,
+    plan: &str,
+) -> (std::collections::BTreeMap<String, usize>, f64) {
+    let mark = audit.mark().unwrap();
+    let outcome = run(
+        sandbox,
+        engine,
+        sandbox.request(run_id, "agent-requests", plan),
+        json!({}),
+        Duration::from_secs(120),
+    )
+    .await;
+    let ended = SystemTime::now();
+    assert_eq!(
+        outcome.ok().status,
+        RunStatus::Succeeded,
+        "{:?}\n{}",
+        outcome.result,
+        outcome.log()
+    );
+    // From the container's last output (its log timestamp) to the result.
+    let (_, last) = outcome.sink.output_span().expect("output with checkpoints");
+    let end_to_result = ended.duration_since(last).map_or(0.0, |d| d.as_secs_f64());
+    let counts = audit
+        .requests_since(mark, &sandbox.engine_user())
+        .await
+        .unwrap();
+    (counts, end_to_result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_run_do_not_grow_with_its_length() {
+    let Some(tier) = tier("requests_per_run").await else {
+        return;
+    };
+    let Some(path) = tier.audit_log.clone() else {
+        say(
+            "real-cluster tier: requests_per_run SKIPPED (no audit log: set OPENCODE_K8S_TEST_AUDIT_LOG)",
+        );
+        return;
+    };
+    let audit = AuditLog::new(path);
+    let sandbox = tier.sandbox("requests", Default::default()).await.unwrap();
+    let engine = sandbox.engine(bounds());
+    let (first, _) = counted(&sandbox, &engine, &audit, "warm-up", "lines=1").await;
+    let (short, short_end) = counted(&sandbox, &engine, &audit, "short", "lines=1").await;
+    let (long, long_end) =
+        counted(&sandbox, &engine, &audit, "long", "lines=60 rate=1 every=5").await;
+    say(&format!(
+        "real-cluster tier: requests per run: first {}, short {}, 60 s {}; container end -> result {short_end:.2} s and {long_end:.2} s\n  short: {short:?}\n  long: {long:?}",
+        total(&first),
+        total(&short),
+        total(&long)
+    ));
+    assert!(
+        total(&long).abs_diff(total(&short)) <= 2,
+        "a 60 s run needs about as many requests as a 1-line one:\nshort: {short:?}\nlong: {long:?}"
+    );
+}
