@@ -235,6 +235,7 @@ fn request(prompt: &str) -> RunRequest {
         agent_name: Some("Demo Agent".into()),
         task_key: None,
         prompt: prompt.into(),
+        fresh_prompt: None,
         cwd: Some(CWD.into()),
         paperclip_env: BTreeMap::new(),
         api_key: None,

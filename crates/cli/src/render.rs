@@ -106,6 +106,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         agent_name: args.agent_name.clone(),
         task_key: args.task_key.clone(),
         prompt,
+        fresh_prompt: None,
         cwd: args.cwd.clone(),
         paperclip_env,
         api_key: Some(PLACEHOLDER_API_KEY.into()),

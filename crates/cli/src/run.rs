@@ -142,6 +142,7 @@ fn request(args: &Args) -> anyhow::Result<RunRequest> {
         agent_name: args.agent_name.clone(),
         task_key: args.task_key.clone(),
         prompt,
+        fresh_prompt: None,
         cwd: args.cwd.clone(),
         paperclip_env,
         api_key: std::env::var("PAPERCLIP_API_KEY")

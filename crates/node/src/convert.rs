@@ -32,8 +32,11 @@ pub struct RunRequestJs {
     pub agent_name: Option<String>,
     /// Paperclip task key (sessions and reattach are per task).
     pub task_key: Option<String>,
-    /// The rendered prompt, fed to OpenCode on stdin.
+    /// The rendered prompt, fed to OpenCode on stdin, built for the engine's `resumeDecision`.
     pub prompt: String,
+    /// The full prompt for a fresh session when `prompt` is the short resume prompt: the engine
+    /// uses it for any attempt that does not resume (the fresh retry after a stale session).
+    pub fresh_prompt: Option<String>,
     /// The workspace cwd of this run.
     pub cwd: Option<String>,
     /// `PAPERCLIP_*` variables computed by the host.
@@ -75,6 +78,7 @@ impl From<RunRequestJs> for RunRequest {
             agent_name: js.agent_name,
             task_key: js.task_key,
             prompt: js.prompt,
+            fresh_prompt: js.fresh_prompt,
             cwd: js.cwd,
             paperclip_env: js.paperclip_env.into_iter().collect::<BTreeMap<_, _>>(),
             api_key: js.api_key.map(SecretString::new),

@@ -142,6 +142,7 @@ pub(crate) fn request(run_id: &str, agent_id: &str) -> RunRequest {
         agent_name: Some("Fake Agent".into()),
         task_key: Some(format!("task-of-{run_id}")),
         prompt: "Say hi.".into(),
+        fresh_prompt: None,
         cwd: Some("/paperclip/workspaces/project".into()),
         paperclip_env: BTreeMap::from([("PAPERCLIP_RUN_ID".to_owned(), run_id.to_owned())]),
         api_key: Some("agent-jwt-secret".into()),
