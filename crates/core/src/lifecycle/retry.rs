@@ -138,7 +138,11 @@ mod tests {
         let result = retry("get", || async {
             let mut at = at.lock().unwrap();
             at.push(start.elapsed());
-            if at.len() == 1 { Err(throttled(7)) } else { Ok(()) }
+            if at.len() == 1 {
+                Err(throttled(7))
+            } else {
+                Ok(())
+            }
         })
         .await;
         assert!(result.is_ok());
@@ -156,7 +160,11 @@ mod tests {
             let _: Result<(), _> = retry("get", || async {
                 let mut at = at.lock().unwrap();
                 at.push(start.elapsed());
-                if at.len() == 1 { Err(status(503)) } else { Ok(()) }
+                if at.len() == 1 {
+                    Err(status(503))
+                } else {
+                    Ok(())
+                }
             })
             .await;
             let delay = at.lock().unwrap()[1];
