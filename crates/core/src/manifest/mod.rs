@@ -38,8 +38,8 @@ pub use inherit::{InheritedPod, PAPERCLIP_CONTAINER};
 pub use names::{
     AGENT_ID_KEY, AGENT_NAME_ANNOTATION, APP_NAME_KEY, APP_NAME_VALUE, ATTEMPT_ANNOTATION,
     COMPANY_ID_KEY, KEY_PREFIX, MANAGED_BY_KEY, MANAGED_BY_VALUE, RESUME_SESSION_ANNOTATION,
-    RUN_ID_KEY, TASK_KEY_KEY, WITHHOLD_ENV_ANNOTATION, agent_selector, is_adapter_label_key,
-    label_value, object_name, run_selector,
+    RUN_ID_KEY, TASK_KEY_KEY, WITHHOLD_ENV_ANNOTATION, agent_lease_name, agent_selector,
+    is_adapter_label_key, label_value, object_name, run_selector,
 };
 pub use yaml::{SecretValues, YamlError, to_yaml};
 

@@ -6,6 +6,7 @@ mod faults;
 mod gc;
 mod guard;
 mod requests;
+mod restarts;
 mod runs;
 
 use std::collections::BTreeMap;
