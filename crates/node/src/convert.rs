@@ -7,6 +7,7 @@ use opencode_k8s_core::config::{FieldKind, FieldSpec, SecretString};
 use opencode_k8s_core::event::RunEvent;
 use opencode_k8s_core::lifecycle::{RunError, RunResult, RunStatus};
 use opencode_k8s_core::manifest::{RunRequest, SessionResume};
+use opencode_k8s_core::resume::ResumeDecision;
 
 /// Engine-wide settings. Paperclip passes none; tests name the pod to inherit from.
 #[napi(object)]
@@ -56,6 +57,34 @@ impl std::fmt::Debug for RunRequestJs {
             .field("task_key", &self.task_key)
             .field("api_key", &self.api_key.as_ref().map(String::len))
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether a run resumes its saved session, as the engine decides it.
+#[napi(object)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeDecisionJs {
+    /// `new` (no saved session), `resumed` (`--session` is passed) or `fresh` (a saved session
+    /// is not resumed).
+    pub decision: String,
+    /// The session resumed.
+    pub session_id: Option<String>,
+    /// Why a saved session is not resumed, for the run log.
+    pub reason: Option<String>,
+}
+
+impl From<ResumeDecision> for ResumeDecisionJs {
+    fn from(decision: ResumeDecision) -> Self {
+        let (name, session_id, reason) = match decision {
+            ResumeDecision::New => ("new", None, None),
+            ResumeDecision::Resumed { session_id } => ("resumed", Some(session_id), None),
+            ResumeDecision::Fresh { reason } => ("fresh", None, Some(reason)),
+        };
+        Self {
+            decision: name.to_owned(),
+            session_id,
+            reason,
+        }
     }
 }
 

@@ -10,10 +10,12 @@ use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::lifecycle::{
     self, CheckStatus, DoctorTarget, EngineOptions, RunError, SelfPod,
 };
+use opencode_k8s_core::resume::{self, Saved};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{
-    CheckJs, ConfigFieldJs, EngineOptionsJs, RunErrorJs, RunOutcomeJs, RunRequestJs,
+    CheckJs, ConfigFieldJs, EngineOptionsJs, ResumeDecisionJs, RunErrorJs, RunOutcomeJs,
+    RunRequestJs, SessionJs,
 };
 use crate::sink::{EventCallback, JsSink};
 
@@ -162,6 +164,30 @@ impl RunHandle {
     pub async fn outcome(&self) -> RunOutcomeJs {
         self.outcome.clone().await
     }
+}
+
+/// Whether a run of `config` at `cwd` resumes the saved `session`: the engine's one decision,
+/// asked before the prompt is built so the prompt matches it (the short resume prompt only for
+/// a session that is resumed). The Job's cwd is `cwd`, else the config's `cwd`. A config that
+/// does not validate decides with the default `resumeLastSession` (true): its run fails with
+/// `config_invalid` before any prompt is used.
+#[napi(
+    catch_unwind,
+    ts_args_type = "session: SessionJs | null | undefined, cwd: string | null | undefined, config: Record<string, unknown>"
+)]
+pub fn resume_decision(
+    session: Option<SessionJs>,
+    cwd: Option<String>,
+    config: serde_json::Value,
+) -> ResumeDecisionJs {
+    let config = AgentConfig::from_json(&config).ok();
+    let cwd = cwd.or_else(|| config.as_ref().and_then(|c| c.cwd.clone()));
+    let saved = session.as_ref().map(|s| Saved {
+        session_id: &s.session_id,
+        cwd: s.cwd.as_deref(),
+    });
+    let enabled = config.as_ref().is_none_or(|c| c.resume_last_session);
+    resume::decide(saved, cwd.as_deref(), enabled).into()
 }
 
 /// Every agent configuration field, in the order the UI shows them.

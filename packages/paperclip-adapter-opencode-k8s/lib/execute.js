@@ -1,8 +1,8 @@
 // execute(ctx): one Paperclip run as one Kubernetes Job, through the engine addon.
 import { inferOpenAiCompatibleBiller } from "@paperclipai/adapter-utils";
 import { asString, parseObject } from "@paperclipai/adapter-utils/server-utils";
-import { EngineError, startRun } from "./engine.js";
-import { buildPrompt, paperclipEnv, savedSession, willResume, workspace } from "./prompt.js";
+import { EngineError, resumeDecision, startRun } from "./engine.js";
+import { buildPrompt, paperclipEnv, savedSession, workspace } from "./prompt.js";
 
 function providerOf(model) {
   const slash = model.indexOf("/");
@@ -40,8 +40,12 @@ export async function execute(engine, ctx) {
   try {
     const ws = workspace(config, ctx.context);
     const session = savedSession(ctx.runtime);
-    const resumed = willResume(config, session, ws.cwd);
+    // The engine decides; the prompt matches. A resumed session gets the short resume prompt,
+    // and the full one rides along for any attempt that does not resume (the fresh retry after
+    // a stale session).
+    const resumed = resumeDecision(session, ws.cwd, config).decision === "resumed";
     const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, log });
+    const freshPrompt = resumed ? await buildPrompt(ctx, config, { cwd: ws.cwd, resumed: false, log }) : undefined;
     const request = {
       runId: ctx.runId,
       agentId: ctx.agent.id,
@@ -49,6 +53,7 @@ export async function execute(engine, ctx) {
       agentName: ctx.agent.name ?? undefined,
       taskKey: ctx.runtime?.taskKey ?? undefined,
       prompt,
+      freshPrompt,
       cwd: ws.cwd ?? undefined,
       paperclipEnv: paperclipEnv(ctx, config, ws),
       apiKey: ctx.authToken ?? undefined,
