@@ -17,8 +17,8 @@ pub(crate) enum Verdict {
     /// This very attempt's Job, finished or not (a reattach): its result is there to be read,
     /// never to be redone.
     Mine(Box<Job>),
-    /// A running Job nobody follows: harvest its output, usage and cost, then run this run's
-    /// own prompt.
+    /// A Job nobody follows or harvested (its process died): harvest its output, usage and
+    /// cost, then run this run's own prompt.
     Orphan(Box<Job>),
     /// A Job being deleted (its pod may still run): wait until it is gone.
     Deleting(Box<Job>),
@@ -26,8 +26,11 @@ pub(crate) enum Verdict {
 
 /// Decide, purely, from the agent's Jobs. `this_job` is the name this run attempt's Job has
 /// (names are derived from the run id and the attempt). Only a run holding the agent's Lease
-/// asks, so no running Job of the agent has a live follower.
-pub(crate) fn judge(jobs: &[Job], this_job: &str) -> Verdict {
+/// asks, so no running Job of the agent has a live follower. `finished_unharvested`: a finished
+/// Job still there was never harvested — true unless the agent retains Jobs (a harvest deletes
+/// the Job otherwise), so the output, usage and cost of a Job that ended while its process was
+/// gone are recorded too.
+pub(crate) fn judge(jobs: &[Job], this_job: &str, finished_unharvested: bool) -> Verdict {
     let deleting = |job: &&Job| job.metadata.deletion_timestamp.is_some();
     // (Another attempt of the same run — a retry's first try kept by retainJobs — is not it.)
     if let Some(job) = jobs
@@ -40,7 +43,11 @@ pub(crate) fn judge(jobs: &[Job], this_job: &str) -> Verdict {
     if let Some(job) = jobs.iter().find(deleting) {
         return Verdict::Deleting(Box::new(job.clone()));
     }
-    match jobs.iter().find(|job| job_occupies_agent(job)) {
+    match jobs
+        .iter()
+        .find(|job| job_occupies_agent(job))
+        .or_else(|| jobs.first().filter(|_| finished_unharvested))
+    {
         Some(job) => Verdict::Orphan(Box::new(job.clone())),
         None => Verdict::Clear,
     }
@@ -79,13 +86,13 @@ mod tests {
     #[test]
     fn finished_jobs_do_not_block() {
         let jobs = [job("a", "r1", "t1", true)];
-        assert_eq!(judge(&jobs, "b"), Verdict::Clear);
+        assert_eq!(judge(&jobs, "b", false), Verdict::Clear);
     }
 
     #[test]
     fn a_running_job_of_another_run_is_an_orphan_whatever_its_task() {
         let jobs = [job("a", "r1", "t1", false)];
-        let verdict = judge(&jobs, "z");
+        let verdict = judge(&jobs, "z", false);
         assert!(matches!(verdict, Verdict::Orphan(_)), "{verdict:?}");
         assert_eq!(name(&verdict), Some("a"));
     }
@@ -94,20 +101,30 @@ mod tests {
     fn a_job_being_deleted_is_waited_for_and_never_adopted() {
         let mut deleting = job("a", "r1", "t1", true);
         deleting.metadata.deletion_timestamp = Some(Time("2026-11-27T14:00:00Z".parse().unwrap()));
-        assert!(matches!(judge(&[deleting], "a"), Verdict::Deleting(_)));
+        assert!(matches!(
+            judge(&[deleting], "a", true),
+            Verdict::Deleting(_)
+        ));
     }
 
     #[test]
     fn this_attempts_own_job_is_followed_even_when_finished() {
         let jobs = [job("a", "r1", "t1", true)];
-        assert!(matches!(judge(&jobs, "a"), Verdict::Mine(_)));
+        assert!(matches!(judge(&jobs, "a", true), Verdict::Mine(_)));
         let jobs = [job("a", "r1", "t1", false)];
-        assert!(matches!(judge(&jobs, "a"), Verdict::Mine(_)));
+        assert!(matches!(judge(&jobs, "a", true), Verdict::Mine(_)));
+    }
+
+    #[test]
+    fn a_finished_job_left_behind_is_harvested_unless_jobs_are_retained() {
+        let jobs = [job("a", "r1", "t1", true)];
+        assert!(matches!(judge(&jobs, "b", true), Verdict::Orphan(_)));
+        assert_eq!(judge(&jobs, "b", false), Verdict::Clear);
     }
 
     #[test]
     fn a_retrys_first_attempt_kept_by_retain_jobs_is_not_the_retry() {
         let jobs = [job("a", "r1", "t1", true)];
-        assert_eq!(judge(&jobs, "a-a2"), Verdict::Clear);
+        assert_eq!(judge(&jobs, "a-a2", false), Verdict::Clear);
     }
 }

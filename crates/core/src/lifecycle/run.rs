@@ -396,7 +396,7 @@ impl<'a> Run<'a> {
                     )
                 })?;
             let this_job = rendered.job.metadata.name.as_deref().unwrap_or_default();
-            let blocking = match guard::judge(&listed.items, this_job) {
+            let blocking = match guard::judge(&listed.items, this_job, !self.config.retain_jobs) {
                 // A reattach continues output that exists: it never starts the work again.
                 guard::Verdict::Clear | guard::Verdict::Orphan(_) if self.checkpoint.is_some() => {
                     return Err(RunError::new(
@@ -436,7 +436,7 @@ impl<'a> Run<'a> {
                     let name = job.metadata.name.clone().unwrap_or_default();
                     let run = annotation(&job, manifest::RUN_ID_KEY).unwrap_or("an unknown run");
                     self.notice(format!(
-                        "Job {}/{name} of run {run} is still running but nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
+                        "Job {}/{name} of run {run} was left behind and nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
                         target.namespace
                     ))
                     .await;

@@ -286,3 +286,29 @@ async fn a_job_whose_holder_is_alive_is_waited_for_up_to_the_bound_naming_the_ho
     );
     assert_eq!(held.unwrap().status, RunStatus::Cancelled);
 }
+
+#[tokio::test]
+async fn the_fresh_retry_after_a_stale_session_gets_the_full_prompt_not_the_resume_prompt() {
+    let h = Harness::start().await;
+    let out = h.file("run1.jsonl", &fixture("opencode/run1.stdout.jsonl"));
+    let stale = h.file(
+        "stale.txt",
+        &fixture("opencode/run6-bogus-session.stderr.txt"),
+    );
+    h.opencode(&format!(
+        "prompt=$(cat)\necho \"prompt: $prompt\"\ncase \" $* \" in *' --session '*) cat {} >&2; exit 1;; esac\ncat {}",
+        stale.display(),
+        out.display()
+    ));
+    let mut req = request("run-stale", "agent-1");
+    req.resume = super::resume("ses_gone", "/paperclip/workspaces/project");
+    req.prompt = "short resume prompt".into();
+    req.fresh_prompt = Some("full fresh prompt".into());
+    let (result, sink) = h.run(req, json!({})).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    assert_eq!(result.attempts, 2);
+    let output = sink.output();
+    let resumed = output.find("prompt: short resume prompt").expect(&output);
+    let fresh = output.find("prompt: full fresh prompt").expect(&output);
+    assert!(resumed < fresh, "{output}");
+}
