@@ -312,3 +312,57 @@ async fn the_fresh_retry_after_a_stale_session_gets_the_full_prompt_not_the_resu
     let fresh = output.find("prompt: full fresh prompt").expect(&output);
     assert!(resumed < fresh, "{output}");
 }
+
+#[tokio::test]
+async fn a_holder_whose_lease_was_taken_over_stops_following_and_leaves_the_job() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let h = Harness::start().await;
+    fake(&h, 6000);
+    let engine = h.engine(bounds());
+    let config = h.config(json!({}));
+    let sink = Collect::default();
+    let mut long = request("run-long", "agent-1");
+    long.prompt = "long work".into();
+    let run = engine.run(long, &config, &sink, CancellationToken::new());
+    let take_over = async {
+        while !sink.output().contains("orphan line") {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(h.cluster.kubeconfig_path()).unwrap(),
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let leases: kube::Api<Lease> = kube::Api::namespaced(client, NS);
+        let name = opencode_k8s_core::manifest::agent_lease_name("agent-1");
+        // Another process took the Lease while this one stalled (no renewal reached it).
+        let mut lease = leases.get(&name).await.unwrap();
+        lease.spec.as_mut().unwrap().holder_identity = Some("other-host/1.1/run-other".into());
+        leases
+            .replace(&name, &kube::api::PostParams::default(), &lease)
+            .await
+            .unwrap();
+    };
+    let (result, ()) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::join(run, take_over),
+    )
+    .await
+    .expect("the run stops once its renewal finds the new holder");
+    let err = result.expect_err("losing the Lease ends following");
+    assert_eq!(err.code, ErrorCode::K8sConcurrentRunBlocked, "{err}");
+    assert_eq!(
+        h.jobs().len(),
+        1,
+        "the Job is left to the new holder, not deleted"
+    );
+    assert!(
+        h.jobs()[0]["metadata"]["deletionTimestamp"].is_null(),
+        "{:?}",
+        h.jobs()
+    );
+}
