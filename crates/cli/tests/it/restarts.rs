@@ -12,6 +12,11 @@ async fn two_processes_racing_for_one_agent_run_one_job_at_a_time() {
     sim.opencode(
         "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/timeline\necho done",
     );
+    // Every request slow: both processes are between their look at the agent's Jobs and their
+    // create at once, which a per-process guard cannot see.
+    sim.cluster
+        .faults()
+        .latency(std::time::Duration::from_millis(400));
     let config = sim.config(json!({}));
     let config = config.to_str().unwrap();
     let process = |run: &'static str| {
