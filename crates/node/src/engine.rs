@@ -131,7 +131,7 @@ fn internal_message(join: tokio::task::JoinError) -> String {
         "the run task was stopped".to_owned()
     };
     format!(
-        "the engine failed unexpectedly (a bug in opencode-k8s): {what}; its Job may still be running and is adopted by the next run of this task — please report this"
+        "the engine failed unexpectedly (a bug in opencode-k8s): {what}; its Job may still be running and is harvested by the next run of this agent — please report this"
     )
 }
 
