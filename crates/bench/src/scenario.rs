@@ -269,6 +269,7 @@ impl Bench {
             agent_name: Some("Bench".into()),
             task_key: None,
             prompt: "benchmark".into(),
+            fresh_prompt: None,
             cwd: None,
             paperclip_env: BTreeMap::new(),
             api_key: None,

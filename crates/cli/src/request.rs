@@ -73,6 +73,7 @@ impl RequestArgs {
             agent_name: self.agent_name.clone(),
             task_key: self.task_key.clone(),
             prompt,
+            fresh_prompt: None,
             cwd: self.cwd.clone(),
             paperclip_env,
             api_key: None,

@@ -1,6 +1,6 @@
 //! The opencode-k8s engine.
 //!
-//! Pure parts — [`config`], [`manifest`], [`parse`], [`rbac`] — are deterministic functions with
+//! Pure parts — [`config`], [`manifest`], [`parse`], [`rbac`], [`resume`] — are deterministic functions with
 //! no I/O: clocks and random suffixes are injected. The run lifecycle (added later) is the only
 //! part that talks to a cluster.
 
@@ -11,3 +11,4 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod parse;
 pub mod rbac;
+pub mod resume;

@@ -150,6 +150,24 @@ pub const RULES: &[Rule] = &[
         "show Kubernetes events in the run log as they happen",
     ),
     rule(
+        "coordination.k8s.io",
+        "leases",
+        "get",
+        "read the agent's Lease: who follows its Jobs, and whether that process is still alive",
+    ),
+    rule(
+        "coordination.k8s.io",
+        "leases",
+        "create",
+        "create the agent's Lease the first time one of its runs starts",
+    ),
+    rule(
+        "coordination.k8s.io",
+        "leases",
+        "update",
+        "take, renew and release the agent's Lease (one process at a time creates and follows its Jobs)",
+    ),
+    rule(
         "",
         "persistentvolumeclaims",
         "get",

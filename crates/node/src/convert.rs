@@ -7,6 +7,7 @@ use opencode_k8s_core::config::{FieldKind, FieldSpec, SecretString};
 use opencode_k8s_core::event::RunEvent;
 use opencode_k8s_core::lifecycle::{RunError, RunResult, RunStatus};
 use opencode_k8s_core::manifest::{RunRequest, SessionResume};
+use opencode_k8s_core::resume::ResumeDecision;
 
 /// Engine-wide settings. Paperclip passes none; tests name the pod to inherit from.
 #[napi(object)]
@@ -32,8 +33,11 @@ pub struct RunRequestJs {
     pub agent_name: Option<String>,
     /// Paperclip task key (sessions and reattach are per task).
     pub task_key: Option<String>,
-    /// The rendered prompt, fed to OpenCode on stdin.
+    /// The rendered prompt, fed to OpenCode on stdin, built for the engine's `resumeDecision`.
     pub prompt: String,
+    /// The full prompt for a fresh session when `prompt` is the short resume prompt: the engine
+    /// uses it for any attempt that does not resume (the fresh retry after a stale session).
+    pub fresh_prompt: Option<String>,
     /// The workspace cwd of this run.
     pub cwd: Option<String>,
     /// `PAPERCLIP_*` variables computed by the host.
@@ -56,6 +60,34 @@ impl std::fmt::Debug for RunRequestJs {
     }
 }
 
+/// Whether a run resumes its saved session, as the engine decides it.
+#[napi(object)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeDecisionJs {
+    /// `new` (no saved session), `resumed` (`--session` is passed) or `fresh` (a saved session
+    /// is not resumed).
+    pub decision: String,
+    /// The session resumed.
+    pub session_id: Option<String>,
+    /// Why a saved session is not resumed, for the run log.
+    pub reason: Option<String>,
+}
+
+impl From<ResumeDecision> for ResumeDecisionJs {
+    fn from(decision: ResumeDecision) -> Self {
+        let (name, session_id, reason) = match decision {
+            ResumeDecision::New => ("new", None, None),
+            ResumeDecision::Resumed { session_id } => ("resumed", Some(session_id), None),
+            ResumeDecision::Fresh { reason } => ("fresh", None, Some(reason)),
+        };
+        Self {
+            decision: name.to_owned(),
+            session_id,
+            reason,
+        }
+    }
+}
+
 /// An OpenCode session: `sessionId` alone is enough; `cwd` tells whether resuming is safe.
 #[napi(object)]
 #[derive(Debug, Clone)]
@@ -75,6 +107,7 @@ impl From<RunRequestJs> for RunRequest {
             agent_name: js.agent_name,
             task_key: js.task_key,
             prompt: js.prompt,
+            fresh_prompt: js.fresh_prompt,
             cwd: js.cwd,
             paperclip_env: js.paperclip_env.into_iter().collect::<BTreeMap<_, _>>(),
             api_key: js.api_key.map(SecretString::new),

@@ -10,10 +10,12 @@ use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::lifecycle::{
     self, CheckStatus, DoctorTarget, EngineOptions, RunError, SelfPod,
 };
+use opencode_k8s_core::resume::{self, Saved};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{
-    CheckJs, ConfigFieldJs, EngineOptionsJs, RunErrorJs, RunOutcomeJs, RunRequestJs,
+    CheckJs, ConfigFieldJs, EngineOptionsJs, ResumeDecisionJs, RunErrorJs, RunOutcomeJs,
+    RunRequestJs, SessionJs,
 };
 use crate::sink::{EventCallback, JsSink};
 
@@ -129,7 +131,7 @@ fn internal_message(join: tokio::task::JoinError) -> String {
         "the run task was stopped".to_owned()
     };
     format!(
-        "the engine failed unexpectedly (a bug in opencode-k8s): {what}; its Job may still be running and is adopted by the next run of this task — please report this"
+        "the engine failed unexpectedly (a bug in opencode-k8s): {what}; its Job may still be running and is harvested by the next run of this agent — please report this"
     )
 }
 
@@ -169,6 +171,30 @@ impl RunHandle {
 #[napi(catch_unwind)]
 pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_owned()
+}
+
+/// Whether a run of `config` at `cwd` resumes the saved `session`: the engine's one decision,
+/// asked before the prompt is built so the prompt matches it (the short resume prompt only for
+/// a session that is resumed). The Job's cwd is `cwd`, else the config's `cwd`. A config that
+/// does not validate decides with the default `resumeLastSession` (true): its run fails with
+/// `config_invalid` before any prompt is used.
+#[napi(
+    catch_unwind,
+    ts_args_type = "session: SessionJs | null | undefined, cwd: string | null | undefined, config: Record<string, unknown>"
+)]
+pub fn resume_decision(
+    session: Option<SessionJs>,
+    cwd: Option<String>,
+    config: serde_json::Value,
+) -> ResumeDecisionJs {
+    let config = AgentConfig::from_json(&config).ok();
+    let cwd = cwd.or_else(|| config.as_ref().and_then(|c| c.cwd.clone()));
+    let saved = session.as_ref().map(|s| Saved {
+        session_id: &s.session_id,
+        cwd: s.cwd.as_deref(),
+    });
+    let enabled = config.as_ref().is_none_or(|c| c.resume_last_session);
+    resume::decide(saved, cwd.as_deref(), enabled).into()
 }
 
 /// Every agent configuration field, in the order the UI shows them.

@@ -11,7 +11,7 @@ mod engine;
 mod sink;
 
 pub use convert::{
-    CheckJs, ConfigFieldJs, EngineOptionsJs, RunErrorJs, RunEventJs, RunOutcomeJs, RunRequestJs,
-    RunResultJs, SessionJs, UsageJs,
+    CheckJs, ConfigFieldJs, EngineOptionsJs, ResumeDecisionJs, RunErrorJs, RunEventJs,
+    RunOutcomeJs, RunRequestJs, RunResultJs, SessionJs, UsageJs,
 };
-pub use engine::{Engine, RunHandle, config_fields, version};
+pub use engine::{Engine, RunHandle, config_fields, resume_decision, version};

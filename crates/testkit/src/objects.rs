@@ -225,7 +225,7 @@ fn apply_defaults(resource: Resource, obj: &mut Value) -> Result<(), ApiError> {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
             obj["status"] = json!({"phase": "Active"});
         }
-        Resource::ConfigMaps | Resource::Events => {}
+        Resource::ConfigMaps | Resource::Events | Resource::Leases => {}
     }
     Ok(())
 }

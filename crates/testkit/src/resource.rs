@@ -18,11 +18,13 @@ pub enum Resource {
     Events,
     /// `batch/v1` jobs.
     Jobs,
+    /// `coordination.k8s.io/v1` leases (the engine's per-agent guard across processes).
+    Leases,
 }
 
 impl Resource {
     /// Every resource, in a stable order.
-    pub const ALL: [Resource; 7] = [
+    pub const ALL: [Resource; 8] = [
         Resource::Namespaces,
         Resource::Pods,
         Resource::Secrets,
@@ -30,6 +32,7 @@ impl Resource {
         Resource::PersistentVolumeClaims,
         Resource::Events,
         Resource::Jobs,
+        Resource::Leases,
     ];
 
     /// The lower-case plural used in URLs and RBAC rules (`jobs`).
@@ -42,6 +45,7 @@ impl Resource {
             Resource::PersistentVolumeClaims => "persistentvolumeclaims",
             Resource::Events => "events",
             Resource::Jobs => "jobs",
+            Resource::Leases => "leases",
         }
     }
 
@@ -49,6 +53,7 @@ impl Resource {
     pub fn group(self) -> &'static str {
         match self {
             Resource::Jobs => "batch",
+            Resource::Leases => "coordination.k8s.io",
             _ => "",
         }
     }
@@ -57,6 +62,7 @@ impl Resource {
     pub fn api_version(self) -> &'static str {
         match self {
             Resource::Jobs => "batch/v1",
+            Resource::Leases => "coordination.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -71,6 +77,7 @@ impl Resource {
             Resource::PersistentVolumeClaims => "PersistentVolumeClaim",
             Resource::Events => "Event",
             Resource::Jobs => "Job",
+            Resource::Leases => "Lease",
         }
     }
 

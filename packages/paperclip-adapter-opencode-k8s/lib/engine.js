@@ -44,3 +44,11 @@ export function startRun(engine, request, config, onEvent, checkpoint) {
   });
   return { cancel: () => handle.cancel(), result };
 }
+
+/**
+ * The engine's resume decision for a run of `config` at `cwd` with the saved `session`:
+ * `{ decision: "new" | "resumed" | "fresh", sessionId?, reason? }`. The prompt is built for it.
+ */
+export function resumeDecision(session, cwd, config) {
+  return native.resumeDecision(session ?? null, cwd ?? null, config);
+}

@@ -8,8 +8,8 @@
 // looks like the engine's: only this adapter chooses the stream.
 import { inferOpenAiCompatibleBiller } from "@paperclipai/adapter-utils";
 import { asString, parseObject } from "@paperclipai/adapter-utils/server-utils";
-import { EngineError, VERSION_LINE, startRun } from "./engine.js";
-import { buildPrompt, paperclipEnv, savedSession, willResume, workspace } from "./prompt.js";
+import { EngineError, VERSION_LINE, resumeDecision, startRun } from "./engine.js";
+import { buildPrompt, paperclipEnv, savedSession, workspace } from "./prompt.js";
 import { DEFAULT_SKILLS_HOME, materializeSkills } from "./skills.js";
 
 function providerOf(model) {
@@ -71,9 +71,13 @@ export async function execute(engine, ctx, options = {}) {
   try {
     const ws = workspace(config, ctx.context);
     const session = savedSession(ctx.runtime);
-    const resumed = willResume(config, session, ws.cwd);
+    // The engine decides; the prompt matches. A resumed session gets the short resume prompt,
+    // and the full one rides along for any attempt that does not resume (the fresh retry after
+    // a stale session).
+    const resumed = resumeDecision(session, ws.cwd, config).decision === "resumed";
     await materializeSkills(config, options.skillsHome ?? DEFAULT_SKILLS_HOME, warn);
     const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, warn });
+    const freshPrompt = resumed ? await buildPrompt(ctx, config, { cwd: ws.cwd, resumed: false, warn }) : undefined;
     const request = {
       runId: ctx.runId,
       agentId: ctx.agent.id,
@@ -81,6 +85,7 @@ export async function execute(engine, ctx, options = {}) {
       agentName: ctx.agent.name ?? undefined,
       taskKey: ctx.runtime?.taskKey ?? undefined,
       prompt,
+      freshPrompt,
       cwd: ws.cwd ?? undefined,
       paperclipEnv: paperclipEnv(ctx, config, ws),
       apiKey: ctx.authToken ?? undefined,

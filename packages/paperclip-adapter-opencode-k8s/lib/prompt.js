@@ -8,7 +8,6 @@ import path from "node:path";
 import {
   DEFAULT_PAPERCLIP_AGENT_PROMPT_TEMPLATE,
   DEFAULT_PAPERCLIP_CONVERSATION_PROMPT_TEMPLATE,
-  asBoolean,
   asString,
   buildPaperclipEnv,
   buildRuntimeToolsEnv,
@@ -95,12 +94,6 @@ export function paperclipEnv(ctx, config, ws) {
       ([key, value]) => key.startsWith("PAPERCLIP_") && key !== "PAPERCLIP_API_KEY" && typeof value === "string",
     ),
   );
-}
-
-/** Whether the saved session will be resumed: the engine applies the same rule. */
-export function willResume(config, session, cwd) {
-  if (!session || !asBoolean(config.resumeLastSession, true)) return false;
-  return !session.cwd || !cwd || path.resolve(session.cwd) === path.resolve(cwd);
 }
 
 async function instructions(config, cwd, warn) {

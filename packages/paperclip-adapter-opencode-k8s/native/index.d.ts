@@ -81,6 +81,28 @@ export interface EngineOptionsJs {
   selfPodName?: string
 }
 
+/**
+ * Whether a run of `config` at `cwd` resumes the saved `session`: the engine's one decision,
+ * asked before the prompt is built so the prompt matches it (the short resume prompt only for
+ * a session that is resumed). The Job's cwd is `cwd`, else the config's `cwd`. A config that
+ * does not validate decides with the default `resumeLastSession` (true): its run fails with
+ * `config_invalid` before any prompt is used.
+ */
+export declare function resumeDecision(session: SessionJs | null | undefined, cwd: string | null | undefined, config: Record<string, unknown>): ResumeDecisionJs
+
+/** Whether a run resumes its saved session, as the engine decides it. */
+export interface ResumeDecisionJs {
+  /**
+   * `new` (no saved session), `resumed` (`--session` is passed) or `fresh` (a saved session
+   * is not resumed).
+   */
+  decision: string
+  /** The session resumed. */
+  sessionId?: string
+  /** Why a saved session is not resumed, for the run log. */
+  reason?: string
+}
+
 /** Why a run could not be started or followed, with its stable code. */
 export interface RunErrorJs {
   /** Stable snake_case code (`config_invalid`, `k8s_forbidden`, `adapter_internal`, ...). */
@@ -127,8 +149,13 @@ export interface RunRequestJs {
   agentName?: string
   /** Paperclip task key (sessions and reattach are per task). */
   taskKey?: string
-  /** The rendered prompt, fed to OpenCode on stdin. */
+  /** The rendered prompt, fed to OpenCode on stdin, built for the engine's `resumeDecision`. */
   prompt: string
+  /**
+   * The full prompt for a fresh session when `prompt` is the short resume prompt: the engine
+   * uses it for any attempt that does not resume (the fresh retry after a stale session).
+   */
+  freshPrompt?: string
   /** The workspace cwd of this run. */
   cwd?: string
   /** `PAPERCLIP_*` variables computed by the host. */

@@ -161,7 +161,7 @@ test("two runs of one agent: the second waits for the first", async () => {
   assert.equal(order[0].split(" ")[1], order[1].split(" ")[1], `one run at a time: ${order.join(" | ")}`);
 });
 
-test("a Job left running by an earlier adapter process is adopted, its output delivered once", async () => {
+test("a Job left running by an earlier adapter process is harvested, then the next run's own prompt runs", async () => {
   const lines = Array.from({ length: 40 }, (_, i) => `line ${i}`);
   cluster.opencode(`cat > /dev/null; for i in $(seq 0 39); do echo "line $i"; sleep 0.05; done`);
   await fetch(`${cluster.url}/_testkit/requests/reset`, { method: "POST" });
@@ -184,10 +184,11 @@ test("a Job left running by an earlier adapter process is adopted, its output de
   const seen = output(logs)
     .split("\n")
     .filter((l) => l.startsWith("line "));
-  assert.deepEqual(seen, lines, "the adopted Job's whole output, once");
-  assert.match(output(logs), /reattaching/);
+  assert.deepEqual(seen, [...lines, ...lines], "the orphan's whole output once, then the own Job's");
+  assert.match(output(logs), /nobody follows it/);
+  assert.match(output(logs), /harvested orphaned Job .* own prompt/);
   const counts = await (await fetch(`${cluster.url}/_testkit/requests`)).json();
-  assert.equal(JSON.stringify(counts).match(/"create jobs":\s*(\d+)/)?.[1], "1", JSON.stringify(counts));
+  assert.equal(JSON.stringify(counts).match(/"create jobs":\s*(\d+)/)?.[1], "2", JSON.stringify(counts));
 });
 
 test("a panic inside the engine becomes a failed run, and the host process lives on", async () => {

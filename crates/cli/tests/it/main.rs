@@ -4,6 +4,7 @@ mod cluster_commands;
 mod doctor;
 mod rbac;
 mod render;
+mod restarts;
 mod run;
 mod sim;
 

@@ -18,9 +18,12 @@ use tokio::task::JoinSet;
 
 use crate::manifest::{MANAGED_BY_KEY, MANAGED_BY_VALUE};
 
-/// Server-side timeout of each watch call. Long, so a watch is reopened a handful of times a day
-/// rather than every five minutes; bookmarks keep it alive meanwhile.
-const WATCH_TIMEOUT_SECS: u32 = 3600;
+/// Server-side timeout of each watch call. kube-runtime's watcher treats a watch that stays
+/// silent 5 s longer than this as a dead connection and reconnects (resuming from its last
+/// resourceVersion, re-listing only on 410), so a connection that died without a FIN — a node or
+/// a NAT dropping it — is noticed within 55 s instead of stalling completion detection for the
+/// watch's whole timeout. The price: each of the three watches is reopened every 50 s.
+pub(crate) const WATCH_TIMEOUT_SECS: u32 = 50;
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 const LEGACY_JOB_NAME_LABEL: &str = "job-name";
 

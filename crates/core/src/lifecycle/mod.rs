@@ -1,10 +1,12 @@
 //! The run lifecycle: the only part of the engine that talks to a cluster.
 //!
-//! One run: validate → guard (one active Job per agent) → create Secret, Job, owner reference →
-//! follow the pod through the shared watches, its Events into the run log, its output exactly
-//! once into the parser and the sink → harvest the result → clean up. A stale or hanging resume
-//! is retried once, fresh, within the same run. Cancellation deletes the Job; the host process
-//! shutting down never does — the next run of the same agent and task reattaches instead.
+//! One run: validate → hold the agent's Lease (one process follows an agent's Jobs at a time) →
+//! guard (one active Job per agent) → create Secret, Job, owner reference → follow the pod
+//! through the shared watches, its Events into the run log, its output exactly once into the
+//! parser and the sink → harvest the result → clean up → release the Lease. A stale or hanging
+//! resume is retried once, fresh, within the same run. Cancellation deletes the Job; the host
+//! process shutting down never does — its Lease expires, and the next run of the agent, with or
+//! without a task key, harvests the orphaned Job and then runs its own prompt.
 
 pub mod cluster;
 mod doctor;
@@ -12,6 +14,7 @@ mod gc;
 mod guard;
 mod informer;
 mod introspect;
+mod lease;
 mod logs;
 mod objects;
 mod result;
@@ -19,7 +22,8 @@ mod retry;
 mod run;
 mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -40,6 +44,9 @@ use crate::manifest::{InheritedPod, RunRequest};
 pub struct Bounds {
     /// Another run of the same agent must finish within this, else `k8s_concurrent_run_blocked`.
     pub concurrency_wait: Duration,
+    /// How long the agent's Lease lasts unrenewed (its holder renews it every third of this): a
+    /// process that dies leaves its Job to the next run of the agent after this.
+    pub lease: Duration,
     /// The pod must be scheduled within this, else `k8s_pod_unschedulable`.
     pub schedule: Duration,
     /// Once scheduled, the container must start within this, else `k8s_pod_start_timeout`.
@@ -66,6 +73,7 @@ impl Default for Bounds {
     fn default() -> Self {
         Self {
             concurrency_wait: Duration::from_secs(30 * 60),
+            lease: Duration::from_secs(30),
             schedule: Duration::from_secs(5 * 60),
             start: Duration::from_secs(10 * 60),
             resume_first_event: Duration::from_secs(150),
@@ -86,17 +94,25 @@ pub struct EngineOptions {
     pub bounds: Bounds,
 }
 
-/// The engine: caches clients, the inherited pod template and the shared watches, and
-/// serializes check-and-create per agent. One per process; cheap to share behind an `Arc`.
-#[derive(Debug, Default)]
+/// The engine: caches clients, the inherited pod template and the shared watches, and names
+/// itself as a holder of agents' Leases. One per process; cheap to share behind an `Arc`.
+#[derive(Debug)]
 pub struct Engine {
     options: EngineOptions,
     clients: ClientCache,
     inherited: Mutex<HashMap<ClusterSource, Option<Arc<InheritedPod>>>>,
     watches: Mutex<HashMap<(ClusterSource, String), Weak<informer::NamespaceWatch>>>,
-    agent_locks: guard::AgentLocks,
-    /// Jobs this engine is following right now (not to be adopted by another run).
-    active: Mutex<HashSet<String>>,
+    /// This engine as a Lease holder: `<host>/<pid>.<instance>`.
+    process: String,
+    /// Fires when a run of this engine released an agent's Lease, so runs of this engine
+    /// waiting for it try at once instead of at their next poll.
+    lease_released: tokio::sync::Notify,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new(EngineOptions::default())
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,9 +122,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Engine {
     /// A new engine.
     pub fn new(options: EngineOptions) -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(1);
         Self {
             options,
-            ..Self::default()
+            clients: ClientCache::default(),
+            inherited: Mutex::default(),
+            watches: Mutex::default(),
+            process: lease::process_identity(INSTANCES.fetch_add(1, Ordering::Relaxed)),
+            lease_released: tokio::sync::Notify::new(),
         }
     }
 

@@ -1,10 +1,12 @@
-//! One run, phase by phase: prepare, guard and create (or adopt), follow, harvest, clean up.
+//! One run, phase by phase: prepare, hold the agent's Lease, guard and create (or harvest an
+//! orphan first, or follow its own Job), follow, harvest, clean up, release the Lease.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 use tokio::sync::{mpsc, watch};
@@ -14,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::informer::{NamespaceWatch, Subscription, Update};
 use super::introspect::{self, Found};
+use super::lease::{self, Acquired, AgentLease};
 use super::logs::{self, Chunk, ContainerState, FollowStats, LogCursor, LogError};
 use super::result::{Harvest, RunError, RunResult};
 use super::status::{self, Blocker, Exit, JobEnd};
@@ -21,7 +24,10 @@ use super::{ClusterSource, Engine, guard, lock, objects};
 use crate::config::AgentConfig;
 use crate::error_code::ErrorCode;
 use crate::event::{RunEvent, RunSink};
-use crate::manifest::{self, CONTAINER_NAME, InheritedPod, Rendered, ResumeDecision, RunRequest};
+use crate::manifest::{
+    self, CONTAINER_NAME, InheritedPod, Rendered, ResumeDecision, RunRequest, SessionResume,
+    TASK_KEY_KEY,
+};
 use crate::parse::{OutputParser, RunOutput};
 
 /// A Job that ended before its pod was seen: the pod watch is a separate stream and may lag the
@@ -46,13 +52,17 @@ struct Target {
     watch: Arc<NamespaceWatch>,
 }
 
-/// Removes a Job from the engine's followed set when the run stops following it.
-struct Followed<'a>(&'a Engine, String);
+/// The first poll interval while another live process holds the agent's Lease (doubling up to
+/// the Lease's renew period); a release by this engine, or the blocking Job ending, retries at
+/// once.
+const LEASE_POLL: Duration = Duration::from_millis(250);
 
-impl Drop for Followed<'_> {
-    fn drop(&mut self) {
-        lock(&self.0.active).remove(&self.1);
-    }
+/// What [`Run::start`] found to follow.
+struct Started {
+    job_name: String,
+    sub: Subscription,
+    /// The Job is an orphan to harvest before this run's own Job.
+    orphan: Option<Box<Job>>,
 }
 
 impl<'a> Run<'a> {
@@ -81,13 +91,69 @@ impl<'a> Run<'a> {
 
     pub(super) async fn execute(mut self) -> Result<RunResult, RunError> {
         let target = self.prepare().await?;
-        let mut rendered = self.render(&target).await?;
+        let rendered = self.render(&target).await?;
+        let lease = self.hold_lease(&target).await?;
+        let outcome = tokio::select! {
+            outcome = self.attempts(&target, rendered) => outcome,
+            () = lease.lost() => Err(RunError::new(
+                ErrorCode::K8sConcurrentRunBlocked,
+                format!(
+                    "stopped following the agent's Job: this process did not renew the agent's Lease within {} s and another process took it over and follows the Job now; nothing was deleted",
+                    self.engine.options.bounds.lease.as_secs()
+                ),
+            )),
+        };
+        lease.release().await;
+        self.engine.lease_released.notify_waiters();
+        outcome
+    }
+
+    /// The attempts of the run, holding the agent's Lease: an orphan to harvest first, if any,
+    /// then this run's own Job, and the fresh retry of a stale or hanging resume.
+    async fn attempts(
+        &mut self,
+        target: &Target,
+        mut rendered: Rendered,
+    ) -> Result<RunResult, RunError> {
         let mut total: Option<Harvest> = None;
         loop {
-            let (job_name, mut sub, _followed) = self.start(&target, &rendered).await?;
-            let harvest = self.follow(&target, &mut sub, &rendered).await;
+            let Started {
+                job_name,
+                mut sub,
+                orphan,
+            } = self.start(target, &rendered).await?;
+            if let Some(orphan) = orphan {
+                // Its resume state is unknown: no hang detection for it.
+                let unknown = Rendered {
+                    resume: ResumeDecision::New,
+                    ..rendered.clone()
+                };
+                let mut harvest = self.follow(target, &mut sub, &unknown).await;
+                self.finish_attempt(target, &job_name, &mut sub, &harvest)
+                    .await;
+                let session = harvest.output.session_id.clone();
+                harvest.attempts = 0;
+                let cancelled = harvest.cancelled;
+                let harvest = match total.take() {
+                    Some(previous) => previous.then(harvest),
+                    None => harvest,
+                };
+                if cancelled {
+                    return Ok(harvest.into_result(
+                        self.config,
+                        &self.request,
+                        &target.namespace,
+                        &job_name,
+                    ));
+                }
+                self.after_orphan(target, &orphan, &harvest, session).await;
+                total = Some(harvest);
+                rendered = self.render(target).await?;
+                continue;
+            }
+            let harvest = self.follow(target, &mut sub, &rendered).await;
             let retry = self.retry_reason(&harvest, &rendered);
-            self.finish_attempt(&target, &job_name, &mut sub, &harvest)
+            self.finish_attempt(target, &job_name, &mut sub, &harvest)
                 .await;
             let harvest = match total.take() {
                 Some(previous) => previous.then(harvest),
@@ -98,7 +164,7 @@ impl<'a> Run<'a> {
                     self.notice(reason).await;
                     self.request.attempt = 2;
                     self.request.resume = None;
-                    rendered = self.render(&target).await?;
+                    rendered = self.render(target).await?;
                     total = Some(harvest);
                 }
                 _ => {
@@ -111,6 +177,130 @@ impl<'a> Run<'a> {
                 }
             }
         }
+    }
+
+    /// An orphan was harvested: say what it cost, and resume the session it produced when it
+    /// worked on this run's task (or this run names no task, as Paperclip's "Run now").
+    async fn after_orphan(
+        &mut self,
+        target: &Target,
+        orphan: &Job,
+        harvest: &Harvest,
+        session: Option<String>,
+    ) {
+        let name = orphan.metadata.name.as_deref().unwrap_or_default();
+        let usage = &harvest.output.usage;
+        let mut notice = format!(
+            "harvested orphaned Job {}/{name}: {} input, {} output tokens, {:.4} USD, counted in this run; now running this run's own prompt",
+            target.namespace, usage.input_tokens, usage.output_tokens, harvest.output.cost_usd
+        );
+        let task = annotation(orphan, TASK_KEY_KEY);
+        let same_task = self.request.task_key.is_none() || task == self.request.task_key.as_deref();
+        if let Some(session_id) = session.filter(|_| same_task) {
+            notice.push_str(&format!(", continuing session {session_id} it produced"));
+            self.request.resume = Some(SessionResume {
+                session_id,
+                cwd: working_dir(orphan),
+            });
+        }
+        self.notice(notice).await;
+    }
+
+    /// Take the agent's Lease, waiting while another live process holds it. A Job whose Lease
+    /// expired is not waited for: the next step harvests it.
+    async fn hold_lease(&self, target: &Target) -> Result<Box<AgentLease>, RunError> {
+        let api: Api<Lease> = Api::namespaced(target.client.clone(), &target.namespace);
+        let agent = &self.request.agent_id;
+        let name = manifest::agent_lease_name(agent);
+        let me = lease::identity(&self.engine.process, &self.request.run_id);
+        let bounds = self.engine.options.bounds;
+        let waited_since = Instant::now();
+        let mut told: Option<String> = None;
+        let (mut named, mut noticed) = (false, false);
+        let mut blocking: Option<Subscription> = None;
+        let mut pause = LEASE_POLL;
+        loop {
+            let released = self.engine.lease_released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let acquired = lease::acquire(&api, &name, agent, &me, bounds.lease)
+                .await
+                .map_err(|err| {
+                    RunError::api(
+                        ErrorCode::K8sConcurrencyGuardUnreachable,
+                        &format!(
+                            "take the Lease {}/{name} of agent {agent}",
+                            target.namespace
+                        ),
+                        &err,
+                    )
+                })?;
+            let (holder, expires_in) = match acquired {
+                Acquired::Held(lease) => return Ok(lease),
+                Acquired::Busy { holder, expires_in } => (holder, expires_in),
+            };
+            let left = bounds
+                .concurrency_wait
+                .saturating_sub(waited_since.elapsed());
+            if left.is_zero() {
+                return Err(RunError::new(
+                    ErrorCode::K8sConcurrentRunBlocked,
+                    format!(
+                        "another run of this agent ({holder}) did not finish within {} s; let it finish or cancel it, then retry",
+                        bounds.concurrency_wait.as_secs()
+                    ),
+                ));
+            }
+            if told.as_deref() != Some(holder.as_str()) {
+                told = Some(holder.clone());
+                (named, noticed) = (false, false);
+            }
+            // Name the Job waited for once it exists (the holder may not have created it yet).
+            if !named {
+                if let Some(job) = self.occupying_job(target).await {
+                    self.notice(format!(
+                        "waiting for Job {}/{job}, another run of this agent ({holder}), to finish",
+                        target.namespace
+                    ))
+                    .await;
+                    blocking = Some(target.watch.subscribe(&job));
+                    named = true;
+                } else if !noticed {
+                    self.notice(format!(
+                        "waiting for another run of this agent ({holder}) to finish"
+                    ))
+                    .await;
+                    noticed = true;
+                }
+            }
+            // Past the expiry by a hair, so the next try finds it expired.
+            let wait = pause.min(expires_in + Duration::from_millis(50)).min(left);
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
+                () = tokio::time::sleep(wait) => pause = (pause * 2).min(bounds.lease / 3),
+                () = &mut released => pause = LEASE_POLL,
+                () = wait_free(blocking.as_mut()) => {
+                    blocking = None;
+                    pause = LEASE_POLL;
+                }
+            }
+        }
+    }
+
+    /// The agent's Job that occupies it now, to name in the run log; `None` if it cannot be
+    /// listed (the wait goes on without it).
+    async fn occupying_job(&self, target: &Target) -> Option<String> {
+        let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
+        let params = kube::api::ListParams::default()
+            .labels(&manifest::agent_selector(&self.request.agent_id));
+        let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
+            .await
+            .ok()?;
+        listed
+            .items
+            .into_iter()
+            .find(status::job_occupies_agent)
+            .and_then(|job| job.metadata.name)
     }
 
     /// Cluster client, namespace, the inherited pod and the namespace's shared watches.
@@ -185,18 +375,13 @@ impl<'a> Run<'a> {
         Ok(rendered)
     }
 
-    /// Guard, then create the attempt's objects or adopt a Job already running this work.
-    async fn start(
-        &self,
-        target: &Target,
-        rendered: &Rendered,
-    ) -> Result<(String, Subscription, Followed<'a>), RunError> {
+    /// Holding the agent's Lease: create the attempt's objects, follow this attempt's own Job
+    /// (a reattach), or take an orphan to harvest first.
+    async fn start(&self, target: &Target, rendered: &Rendered) -> Result<Started, RunError> {
         let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
         let selector = manifest::agent_selector(&self.request.agent_id);
         let waited_since = Instant::now();
-        let agent_lock = self.engine.agent_locks.for_agent(&self.request.agent_id);
         loop {
-            let held = agent_lock.lock().await;
             let params = kube::api::ListParams::default().labels(&selector);
             let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
                 .await
@@ -210,17 +395,10 @@ impl<'a> Run<'a> {
                         &err,
                     )
                 })?;
-            let followed = lock(&self.engine.active).clone();
             let this_job = rendered.job.metadata.name.as_deref().unwrap_or_default();
-            let verdict = guard::judge(
-                &listed.items,
-                this_job,
-                self.request.task_key.as_deref(),
-                &followed,
-            );
-            let blocking = match verdict {
+            let blocking = match guard::judge(&listed.items, this_job, !self.config.retain_jobs) {
                 // A reattach continues output that exists: it never starts the work again.
-                guard::Verdict::Clear if self.checkpoint.is_some() => {
+                guard::Verdict::Clear | guard::Verdict::Orphan(_) if self.checkpoint.is_some() => {
                     return Err(RunError::new(
                         ErrorCode::K8sJobDeletedExternally,
                         format!(
@@ -232,27 +410,44 @@ impl<'a> Run<'a> {
                 guard::Verdict::Clear => {
                     let name = rendered.job.metadata.name.clone().unwrap_or_default();
                     let sub = target.watch.subscribe(&name);
-                    let followed = self.follow_job(&name);
                     objects::create(&target.client, &target.namespace, rendered).await?;
-                    drop(held);
                     self.notice(format!("created Job {}/{name}", target.namespace))
                         .await;
-                    return Ok((name, sub, followed));
+                    return Ok(Started {
+                        job_name: name,
+                        sub,
+                        orphan: None,
+                    });
                 }
-                guard::Verdict::Adopt(job) => {
+                guard::Verdict::Mine(job) => {
                     let name = job.metadata.name.clone().unwrap_or_default();
-                    let followed = self.follow_job(&name);
-                    drop(held);
                     self.notice(format!(
                         "reattaching to Job {}/{name}, already running this work",
                         target.namespace
                     ))
                     .await;
-                    return Ok((name.clone(), target.watch.subscribe(&name), followed));
+                    return Ok(Started {
+                        sub: target.watch.subscribe(&name),
+                        job_name: name,
+                        orphan: None,
+                    });
                 }
-                guard::Verdict::Wait(job) => job,
+                guard::Verdict::Orphan(job) => {
+                    let name = job.metadata.name.clone().unwrap_or_default();
+                    let run = annotation(&job, manifest::RUN_ID_KEY).unwrap_or("an unknown run");
+                    self.notice(format!(
+                        "Job {}/{name} of run {run} was left behind and nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
+                        target.namespace
+                    ))
+                    .await;
+                    return Ok(Started {
+                        sub: target.watch.subscribe(&name),
+                        job_name: name,
+                        orphan: Some(job),
+                    });
+                }
+                guard::Verdict::Deleting(job) => job,
             };
-            drop(held);
             let name = blocking.metadata.name.clone().unwrap_or_default();
             let left = self
                 .engine
@@ -264,14 +459,14 @@ impl<'a> Run<'a> {
                 return Err(RunError::new(
                     ErrorCode::K8sConcurrentRunBlocked,
                     format!(
-                        "another run of this agent (Job {}/{name}) did not finish within {} s; let it finish or delete it, then retry",
+                        "Job {}/{name} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
                         target.namespace,
                         self.engine.options.bounds.concurrency_wait.as_secs()
                     ),
                 ));
             }
             self.notice(format!(
-                "waiting for Job {}/{name}, another run of this agent, to finish",
+                "waiting for Job {}/{name}, another run of this agent, to be deleted",
                 target.namespace
             ))
             .await;
@@ -279,14 +474,9 @@ impl<'a> Run<'a> {
             tokio::select! {
                 () = self.cancel.cancelled() => return Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
                 () = tokio::time::sleep(left) => {}
-                () = wait_until_free(&mut sub) => {}
+                () = wait_until_gone(&mut sub) => {}
             }
         }
-    }
-
-    fn follow_job(&self, name: &str) -> Followed<'a> {
-        lock(&self.engine.active).insert(name.to_owned());
-        Followed(self.engine, name.to_owned())
     }
 
     /// Follow the attempt's Job until it is over and its output fully delivered.
@@ -429,6 +619,33 @@ impl<'a> Run<'a> {
             ))
             .await;
         }
+    }
+}
+
+/// The raw value of one of the engine's annotations on a Job.
+fn annotation<'j>(job: &'j Job, key: &str) -> Option<&'j str> {
+    job.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// The agent container's working directory: the cwd the Job's session was created in.
+fn working_dir(job: &Job) -> Option<String> {
+    let spec = job.spec.as_ref()?.template.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .find(|c| c.name == CONTAINER_NAME)?
+        .working_dir
+        .clone()
+}
+
+/// Until the blocking Job, if there is one to watch, is finished or gone.
+async fn wait_free(sub: Option<&mut Subscription>) {
+    match sub {
+        Some(sub) => wait_until_free(sub).await,
+        None => std::future::pending().await,
     }
 }
 

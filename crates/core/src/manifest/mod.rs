@@ -31,13 +31,15 @@ use serde_json::{Value, json};
 
 use crate::config::{AgentConfig, SecretString};
 use crate::error_code::ErrorCode;
+pub use crate::resume::ResumeDecision;
+use crate::resume::{self, Saved};
 
 pub use inherit::{InheritedPod, PAPERCLIP_CONTAINER};
 pub use names::{
     AGENT_ID_KEY, AGENT_NAME_ANNOTATION, APP_NAME_KEY, APP_NAME_VALUE, ATTEMPT_ANNOTATION,
     COMPANY_ID_KEY, KEY_PREFIX, MANAGED_BY_KEY, MANAGED_BY_VALUE, RESUME_SESSION_ANNOTATION,
-    RUN_ID_KEY, TASK_KEY_KEY, WITHHOLD_ENV_ANNOTATION, agent_selector, is_adapter_label_key,
-    label_value, object_name, run_selector,
+    RUN_ID_KEY, TASK_KEY_KEY, WITHHOLD_ENV_ANNOTATION, agent_lease_name, agent_selector,
+    is_adapter_label_key, label_value, object_name, run_selector,
 };
 pub use yaml::{SecretValues, YamlError, to_yaml};
 
@@ -166,8 +168,12 @@ pub struct RunRequest {
     pub agent_name: Option<String>,
     /// Paperclip task key (sessions are per task).
     pub task_key: Option<String>,
-    /// The rendered prompt, fed to OpenCode on stdin.
+    /// The rendered prompt, fed to OpenCode on stdin; built for the request's own
+    /// [`resume_decision`] (the short resume prompt when it resumes).
     pub prompt: String,
+    /// The full prompt for a fresh session, when `prompt` is the short resume prompt: used
+    /// whenever this attempt does not resume (the in-run fresh retry after a stale session).
+    pub fresh_prompt: Option<String>,
     /// The workspace cwd of this run.
     pub cwd: Option<String>,
     /// `PAPERCLIP_*` variables computed by the host.
@@ -178,25 +184,6 @@ pub struct RunRequest {
     pub resume: Option<SessionResume>,
     /// 1, or 2 for the in-run fresh retry after a stale session.
     pub attempt: u32,
-}
-
-/// Whether the run resumes a session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "camelCase")]
-pub enum ResumeDecision {
-    /// No saved session: a new one starts.
-    New,
-    /// `--session` is passed.
-    Resumed {
-        /// The session resumed.
-        #[serde(rename = "sessionId")]
-        session_id: String,
-    },
-    /// A saved session exists but is not resumed.
-    Fresh {
-        /// Why, in words for the run log.
-        reason: String,
-    },
 }
 
 /// The objects to create for one run attempt.
@@ -214,45 +201,18 @@ pub struct Rendered {
     pub warnings: Vec<String>,
 }
 
-/// Decides whether to pass `--session`. Resuming in another directory hangs OpenCode forever,
-/// so a session is resumed only when its saved cwd equals this run's cwd.
+/// Decides whether to pass `--session` (see [`crate::resume`]): the request's saved session
+/// against this run's `cwd`.
 pub fn resume_decision(
     req: &RunRequest,
     cwd: Option<&str>,
     config: &AgentConfig,
 ) -> ResumeDecision {
-    let Some(resume) = &req.resume else {
-        return ResumeDecision::New;
-    };
-    let id = &resume.session_id;
-    if !config.resume_last_session {
-        return ResumeDecision::Fresh {
-            reason: format!(
-                "saved session {id} is not resumed because resumeLastSession is false; starting a fresh session"
-            ),
-        };
-    }
-    if id.is_empty() || id.starts_with('-') || id.contains(char::is_whitespace) {
-        return ResumeDecision::Fresh {
-            reason: format!(
-                "saved session id {id:?} is not a valid OpenCode session id; starting a fresh session"
-            ),
-        };
-    }
-    let norm = |p: Option<&str>| p.map(|p| p.trim_end_matches('/').to_owned());
-    if norm(resume.cwd.as_deref()) == norm(cwd) {
-        return ResumeDecision::Resumed {
-            session_id: id.clone(),
-        };
-    }
-    let show = |p: Option<&str>| p.map_or_else(|| "an unknown directory".to_owned(), str::to_owned);
-    ResumeDecision::Fresh {
-        reason: format!(
-            "saved session {id} was created in {}, this run's cwd is {}; resuming from another directory hangs OpenCode, starting a fresh session",
-            show(resume.cwd.as_deref()),
-            show(cwd)
-        ),
-    }
+    let saved = req.resume.as_ref().map(|resume| Saved {
+        session_id: &resume.session_id,
+        cwd: resume.cwd.as_deref(),
+    });
+    resume::decide(saved, cwd, config.resume_last_session)
 }
 
 /// Env vars in order; setting a name again replaces its value in its first position.
@@ -354,7 +314,11 @@ pub fn render(
 
     // Secret data: everything secret, nothing else.
     let mut data = BTreeMap::new();
-    data.insert(PROMPT_KEY.to_owned(), req.prompt.clone().into_bytes());
+    let prompt = match (&resume, &req.fresh_prompt) {
+        (ResumeDecision::Resumed { .. }, _) | (_, None) => &req.prompt,
+        (_, Some(fresh)) => fresh,
+    };
+    data.insert(PROMPT_KEY.to_owned(), prompt.clone().into_bytes());
     if let Some(key) = &req.api_key {
         data.insert(API_KEY_KEY.to_owned(), key.expose().as_bytes().to_vec());
     }
@@ -381,7 +345,7 @@ pub fn render(
     if bytes > SECRET_LIMIT_BYTES {
         return Err(ManifestError::PromptTooLarge {
             bytes,
-            prompt_bytes: req.prompt.len(),
+            prompt_bytes: prompt.len(),
             limit: SECRET_LIMIT_BYTES,
         });
     }

@@ -93,6 +93,12 @@ pub fn agent_selector(agent_id: &str) -> String {
     )
 }
 
+/// The name of an agent's Lease, the guard that one process at a time creates and follows the
+/// agent's Jobs: `oc-agent-<16 hex of sha256(agent id)>` (the raw id is in its labels).
+pub fn agent_lease_name(agent_id: &str) -> String {
+    format!("oc-agent-{}", short_hash(agent_id, 16))
+}
+
 /// Label selector of every object the engine made for one run.
 pub fn run_selector(run_id: &str) -> String {
     format!(

@@ -387,6 +387,7 @@ fn example_deployment_gives_the_engine_what_it_inherits() {
         agent_name: Some("Engineer".into()),
         task_key: None,
         prompt: "hello".into(),
+        fresh_prompt: None,
         cwd: Some("/paperclip/instances/default/workspaces/app".into()),
         paperclip_env: BTreeMap::new(),
         api_key: None,

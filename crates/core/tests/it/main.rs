@@ -8,3 +8,4 @@ mod manifest;
 mod parse;
 mod properties;
 mod rbac;
+mod resume;

@@ -64,6 +64,7 @@ fn request() -> RunRequest {
         agent_name: ctx["agent"]["name"].as_str().map(str::to_owned),
         task_key: ctx["runtime"]["taskKey"].as_str().map(str::to_owned),
         prompt: PROMPT.into(),
+        fresh_prompt: None,
         cwd: Some(CWD.into()),
         paperclip_env,
         api_key: Some(API_KEY.into()),

@@ -267,3 +267,60 @@ async fn crud_through_api_works_unmodified() {
         "{err}"
     );
 }
+
+/// Leases as leader election uses them: a second create of the same name is 409 AlreadyExists,
+/// a replace from a stale resourceVersion is 409 Conflict, so two holders cannot both win.
+#[tokio::test]
+async fn leases_give_exactly_one_winner_through_resource_versions() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let cluster = start().await;
+    let client = kube_client(&cluster).await;
+    let leases: Api<Lease> = Api::namespaced(client, "capture");
+    let lease = |holder: &str| -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": "agent-1"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 30},
+        }))
+        .unwrap()
+    };
+    let created = leases
+        .create(&PostParams::default(), &lease("a"))
+        .await
+        .unwrap();
+    let again = leases
+        .create(&PostParams::default(), &lease("b"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&again, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{again:?}"
+    );
+    let mut by_b = lease("b");
+    by_b.metadata.resource_version = created.metadata.resource_version.clone();
+    let mut by_c = lease("c");
+    by_c.metadata.resource_version = created.metadata.resource_version.clone();
+    let won = leases
+        .replace("agent-1", &PostParams::default(), &by_b)
+        .await
+        .unwrap();
+    let lost = leases
+        .replace("agent-1", &PostParams::default(), &by_c)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&lost, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"),
+        "{lost:?}"
+    );
+    let now = leases.get("agent-1").await.unwrap();
+    assert_eq!(
+        now.spec.unwrap().holder_identity.as_deref(),
+        Some("b"),
+        "the first replace from the version it read wins"
+    );
+    assert_eq!(now.metadata.resource_version, won.metadata.resource_version);
+    assert_eq!(
+        cluster.requests().get(Verb::Update, "leases"),
+        2,
+        "both replaces reached the server"
+    );
+}

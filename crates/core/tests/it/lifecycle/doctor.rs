@@ -85,6 +85,7 @@ async fn a_denied_verb_fails_with_the_rule_to_add() {
             &["pods", "secrets", "events", "persistentvolumeclaims"],
             Some(NS),
         ),
+        Rule::allow(&["*"], "coordination.k8s.io", &["leases"], Some(NS)),
     ];
     h.cluster
         .add_user("restricted-token", "restricted", everything_but_logs);

@@ -165,57 +165,6 @@ async fn a_new_engine_continues_a_run_from_the_hosts_checkpoint_without_repeatin
 }
 
 #[tokio::test]
-async fn a_run_of_the_same_task_adopts_the_job_an_earlier_process_left_running() {
-    let h = Harness::start().await;
-    let expected = numbered(&h, 200);
-    let config = h.config(json!({}));
-    let mut orphaned = request("run-before-restart", "agent-1");
-    orphaned.task_key = Some("task-7".into());
-    {
-        let engine = h.engine(Bounds::default());
-        let sink = Collect::default();
-        let run = engine.run(orphaned, &config, &sink, CancellationToken::new());
-        let started = async {
-            while sink.output().is_empty() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        tokio::select! {
-            _ = run => panic!("the run must still be going"),
-            () = started => {}
-        }
-    }
-    let mut next = request("run-after-restart", "agent-1");
-    next.task_key = Some("task-7".into());
-    let sink = Collect::default();
-    let result = h
-        .engine(Bounds::default())
-        .run(next, &config, &sink, CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(result.status, RunStatus::Succeeded);
-    assert_eq!(
-        sink.output(),
-        expected,
-        "the adopted run's whole output, once"
-    );
-    assert!(result.job_name.ends_with(&h_job_suffix(&result.job_name)));
-    assert!(
-        h.jobs().is_empty(),
-        "no second Job was created, and the adopted one is cleaned up"
-    );
-    assert_eq!(
-        h.cluster.requests().get(Verb::Create, "jobs"),
-        1,
-        "the work was started once"
-    );
-}
-
-fn h_job_suffix(name: &str) -> String {
-    name.rsplit('-').next().unwrap_or_default().to_owned()
-}
-
-#[tokio::test]
 async fn refused_connections_mid_run_are_ridden_out() {
     let h = Harness::start().await;
     let expected = numbered(&h, 300);

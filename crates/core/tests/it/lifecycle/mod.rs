@@ -6,6 +6,7 @@ mod faults;
 mod gc;
 mod guard;
 mod requests;
+mod restarts;
 mod runs;
 
 use std::collections::BTreeMap;
@@ -142,6 +143,7 @@ pub(crate) fn request(run_id: &str, agent_id: &str) -> RunRequest {
         agent_name: Some("Fake Agent".into()),
         task_key: Some(format!("task-of-{run_id}")),
         prompt: "Say hi.".into(),
+        fresh_prompt: None,
         cwd: Some("/paperclip/workspaces/project".into()),
         paperclip_env: BTreeMap::from([("PAPERCLIP_RUN_ID".to_owned(), run_id.to_owned())]),
         api_key: Some("agent-jwt-secret".into()),

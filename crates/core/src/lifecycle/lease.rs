@@ -1,0 +1,324 @@
+//! The per-agent Lease (`coordination.k8s.io/v1`): the guard that one process at a time —
+//! across Paperclip replicas, the CLI and the server — creates and follows an agent's Jobs.
+//!
+//! A run holds its agent's Lease from before it looks at the agent's Jobs until it has cleaned
+//! up its last one. It is taken with create (409 AlreadyExists: someone else was first) or a
+//! replace carrying the `resourceVersion` that was read (409 Conflict: someone else changed it
+//! first), so two processes can never both hold it. The holder renews it every third of its
+//! duration; a holder that dies stops renewing and the Lease expires, which is how the next run
+//! knows a running Job is an orphan nobody follows. A Job whose Lease is live is followed by its
+//! holder, and only that is worth waiting for.
+//!
+//! Expiry compares the Lease's `renewTime` with this process's clock: the processes sharing an
+//! agent run in one cluster, whose nodes keep their clocks in sync well within a lease duration.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::Api;
+use kube::api::PostParams;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::retry::retry;
+use crate::manifest::{AGENT_ID_KEY, MANAGED_BY_KEY, MANAGED_BY_VALUE, label_value};
+
+const POST: PostParams = PostParams {
+    dry_run: false,
+    field_manager: None,
+};
+
+/// How many times one acquisition re-reads the Lease after losing a race (a 409) before giving
+/// up for now and waiting like a run that found it held.
+const RACES: u32 = 3;
+
+/// Who holds a Lease: the process (host, pid, engine instance) and the run.
+pub(crate) fn identity(process: &str, run_id: &str) -> String {
+    format!("{process}/{run_id}")
+}
+
+/// This process, as a Lease holder names it: `<host>/<pid>.<engine instance>`. In a pod the host
+/// is the pod's name.
+pub(crate) fn process_identity(instance: u64) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{host}/{}.{instance}", std::process::id())
+}
+
+/// What one acquisition found.
+pub(crate) enum Acquired {
+    /// This run holds the Lease now.
+    Held(Box<AgentLease>),
+    /// Another live holder has it.
+    Busy {
+        /// Its holder identity.
+        holder: String,
+        /// How long until it expires unless renewed.
+        expires_in: Duration,
+    },
+}
+
+/// The agent's Lease, held by this run: renewed in the background until released or dropped.
+/// Dropping it without [`AgentLease::release`] (a process dying) stops renewing, so it expires.
+pub(crate) struct AgentLease {
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    /// The Lease as this holder last wrote it (what a release replaces).
+    current: Arc<Mutex<Lease>>,
+    /// Fires when the renewals found another holder: someone else follows the agent now.
+    lost: CancellationToken,
+    renewer: JoinHandle<()>,
+}
+
+impl Drop for AgentLease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
+
+fn expiry(lease: &Lease, now: Timestamp) -> Option<Duration> {
+    let spec = lease.spec.as_ref()?;
+    // A released Lease (no holder) is free whatever its times say.
+    spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into());
+    let left = renewed.checked_add(duration).ok()?.duration_since(now);
+    Duration::try_from(left).ok().filter(|left| !left.is_zero())
+}
+
+fn holder_of(lease: &Lease) -> Option<&str> {
+    lease.spec.as_ref()?.holder_identity.as_deref()
+}
+
+fn spec(holder: &str, duration: Duration, transitions: i32, acquired: Timestamp) -> LeaseSpec {
+    let now = Timestamp::now();
+    LeaseSpec {
+        holder_identity: Some(holder.to_owned()),
+        lease_duration_seconds: Some(i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX)),
+        acquire_time: Some(MicroTime(acquired)),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..LeaseSpec::default()
+    }
+}
+
+fn conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 409)
+}
+
+/// Try to take agent `agent_id`'s Lease `name` for `holder`, valid for `duration`.
+pub(crate) async fn acquire(
+    api: &Api<Lease>,
+    name: &str,
+    agent_id: &str,
+    holder: &str,
+    duration: Duration,
+) -> Result<Acquired, kube::Error> {
+    let mut races = 0;
+    loop {
+        let current = retry("get the agent's Lease", || api.get_opt(name)).await?;
+        let now = Timestamp::now();
+        let written = match current {
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        labels: Some(
+                            [
+                                (MANAGED_BY_KEY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                                (AGENT_ID_KEY.to_owned(), label_value(agent_id)),
+                            ]
+                            .into(),
+                        ),
+                        annotations: Some([(AGENT_ID_KEY.to_owned(), agent_id.to_owned())].into()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(spec(holder, duration, 0, now)),
+                };
+                retry("create the agent's Lease", || api.create(&POST, &lease)).await
+            }
+            Some(lease) => {
+                let held_by = holder_of(&lease).unwrap_or_default().to_owned();
+                match expiry(&lease, now) {
+                    Some(expires_in) if held_by != holder => {
+                        return Ok(Acquired::Busy {
+                            holder: held_by,
+                            expires_in,
+                        });
+                    }
+                    _ => {}
+                }
+                let previous = lease.spec.clone().unwrap_or_default();
+                let transitions = previous.lease_transitions.unwrap_or(0)
+                    + i32::from(held_by != holder && !held_by.is_empty());
+                let acquired = match previous.acquire_time {
+                    Some(at) if held_by == holder => at.0,
+                    _ => now,
+                };
+                let mut taken = lease;
+                taken.spec = Some(spec(holder, duration, transitions, acquired));
+                retry("take over the agent's Lease", || {
+                    api.replace(name, &POST, &taken)
+                })
+                .await
+            }
+        };
+        match written {
+            Ok(lease) => {
+                return Ok(Acquired::Held(Box::new(AgentLease::hold(
+                    api.clone(),
+                    name,
+                    holder,
+                    lease,
+                    duration,
+                ))));
+            }
+            Err(err) if conflict(&err) && races < RACES => races += 1,
+            Err(err) if conflict(&err) => {
+                return Ok(Acquired::Busy {
+                    holder: "another process that just took it".to_owned(),
+                    expires_in: duration,
+                });
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+impl AgentLease {
+    fn hold(api: Api<Lease>, name: &str, holder: &str, lease: Lease, duration: Duration) -> Self {
+        let lost = CancellationToken::new();
+        let current = Arc::new(Mutex::new(lease));
+        let renewer = tokio::spawn(renew(
+            api.clone(),
+            name.to_owned(),
+            holder.to_owned(),
+            current.clone(),
+            duration,
+            lost.clone(),
+        ));
+        Self {
+            api,
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            current,
+            lost,
+            renewer,
+        }
+    }
+
+    /// Resolves when another holder took the Lease (this process stalled past its expiry).
+    pub(crate) async fn lost(&self) {
+        self.lost.cancelled().await;
+    }
+
+    /// Stop renewing and hand the Lease back (one replace from the version this holder last
+    /// wrote), so the next run need not wait for it to expire. A Lease someone else took
+    /// meanwhile (409) is left alone.
+    pub(crate) async fn release(self: Box<Self>) {
+        self.renewer.abort();
+        if self.lost.is_cancelled() {
+            return;
+        }
+        let mut lease = super::lock(&self.current).clone();
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+        }
+        if let Err(err) = retry("release the agent's Lease", || {
+            self.api.replace(&self.name, &POST, &lease)
+        })
+        .await
+            && !conflict(&err)
+        {
+            tracing::warn!(lease = %self.name, holder = %self.holder, error = %err, "could not release the agent's Lease; it expires instead");
+        }
+    }
+}
+
+/// Renew every third of `duration` until aborted; a 409 whose re-read shows another holder means
+/// the Lease was lost.
+async fn renew(
+    api: Api<Lease>,
+    name: String,
+    holder: String,
+    current: Arc<Mutex<Lease>>,
+    duration: Duration,
+    lost: CancellationToken,
+) {
+    let period = duration / 3;
+    loop {
+        tokio::time::sleep(period).await;
+        let mut lease = super::lock(&current).clone();
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+        }
+        let written = retry("renew the agent's Lease", || {
+            api.replace(&name, &POST, &lease)
+        })
+        .await;
+        match written {
+            Ok(renewed) => *super::lock(&current) = renewed,
+            Err(err) if conflict(&err) => match api.get_opt(&name).await {
+                Ok(Some(now)) if holder_of(&now) == Some(holder.as_str()) => {
+                    *super::lock(&current) = now;
+                }
+                Ok(_) => {
+                    tracing::warn!(lease = %name, %holder, "the agent's Lease was taken over by another process");
+                    lost.cancel();
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(lease = %name, error = %err, "could not read the agent's Lease after a conflict");
+                }
+            },
+            Err(err) => {
+                tracing::warn!(lease = %name, error = %err, "could not renew the agent's Lease; retrying");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renewed: &str, seconds: i32) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "oc-agent-x"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds, "renewTime": renewed},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_lease_is_live_until_its_duration_after_the_last_renewal() {
+        let now: Timestamp = "2026-12-03T12:00:30Z".parse().unwrap();
+        assert_eq!(
+            expiry(&lease(Some("a"), "2026-12-03T12:00:10.000000Z", 30), now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            expiry(&lease(Some("a"), "2026-12-03T11:59:00.000000Z", 30), now),
+            None,
+            "expired"
+        );
+    }
+
+    #[test]
+    fn a_released_lease_is_free_at_once() {
+        let now: Timestamp = "2026-12-03T12:00:30Z".parse().unwrap();
+        assert_eq!(
+            expiry(&lease(None, "2026-12-03T12:00:29.000000Z", 30), now),
+            None
+        );
+    }
+}
