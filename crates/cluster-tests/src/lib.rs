@@ -482,8 +482,10 @@ impl Sandbox {
             .await?;
         let generated = rbac::render_yaml(&RbacOptions {
             namespace: ns.to_owned(),
-            service_account: ENGINE_SA.to_owned(),
-            service_account_namespace: ns.to_owned(),
+            subject: rbac::RbacSubject::ServiceAccount {
+                namespace: ns.to_owned(),
+                name: ENGINE_SA.to_owned(),
+            },
             cluster_scoped: false,
             name: "opencode-k8s".to_owned(),
         })?;
@@ -606,6 +608,7 @@ impl Sandbox {
             agent_name: Some("Tier Agent".into()),
             task_key: Some(format!("task-{run_id}")),
             prompt: format!("{plan}\n"),
+            fresh_prompt: None,
             cwd: Some("/paperclip".into()),
             paperclip_env: BTreeMap::from([("PAPERCLIP_RUN_ID".to_owned(), run_id.to_owned())]),
             api_key: Some("tier-agent-token".into()),
