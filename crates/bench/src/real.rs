@@ -53,6 +53,9 @@ pub(crate) struct Quantiles {
 
 impl Quantiles {
     fn of(samples: &[f64]) -> Option<Self> {
+        if samples.is_empty() {
+            return None;
+        }
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
         let at = |q: f64| {
