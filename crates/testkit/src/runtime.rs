@@ -22,9 +22,10 @@
 //! when `fs_group` is set, as the kubelet does for volumes. When not root, the command runs
 //! directly as the current user, and a mount can only be honoured if its target is its source.
 //!
-//! Every process lives in its own process group; stop and OOM kill signal the whole group, and
-//! when the main process exits the rest of the group is killed, as a container's processes die
-//! with it.
+//! Every process lives in its own process group. A stop sends SIGTERM to the container's first
+//! process only, as a container runtime does, and SIGKILL to the whole group after the grace; an
+//! OOM kill signals the whole group; when the main process exits the rest of the group is
+//! killed, as a container's processes die with it.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -90,6 +91,8 @@ pub struct MountSpec {
 #[derive(Debug)]
 pub struct Container {
     pid: u32,
+    /// The command runs as the child of `unshare` (PID 1 of its namespace), not as `pid`.
+    in_namespace: bool,
     exited: Arc<AtomicBool>,
     oom: Arc<AtomicBool>,
     kill_at: watch::Sender<Option<Instant>>,
@@ -154,6 +157,7 @@ impl Container {
         tokio::spawn(supervisor.run());
         Ok(Container {
             pid,
+            in_namespace: root,
             exited,
             oom,
             kill_at,
@@ -188,17 +192,37 @@ impl Container {
         }
     }
 
-    /// SIGTERM to the whole process group, SIGKILL after `grace` (deadline, delete, Killing).
-    /// A second call can only shorten the grace.
+    /// SIGTERM to the container's first process only, as a container runtime does (as PID 1 it
+    /// gets it only if it has a handler), SIGKILL to the whole group after `grace` (deadline,
+    /// delete, Killing). A second call can only shorten the grace.
     pub fn stop(&self, grace: Duration) {
         if self.exited.load(Ordering::Acquire) {
             return;
         }
-        ProcessGroup(self.pid).signal(Signal::SIGTERM);
+        match self.init_pid() {
+            Some(init) => {
+                // ESRCH only means it has just exited.
+                let _ = nix::sys::signal::kill(init, Signal::SIGTERM);
+            }
+            None => ProcessGroup(self.pid).signal(Signal::SIGTERM),
+        }
         let deadline = Instant::now() + grace;
         self.kill_at.send_modify(|kill_at| {
             *kill_at = Some(kill_at.map_or(deadline, |earlier| earlier.min(deadline)));
         });
+    }
+
+    /// The container's first process: `unshare`'s child in a PID namespace (`None` before it
+    /// forked), else the process itself.
+    fn init_pid(&self) -> Option<Pid> {
+        let leader = i32::try_from(self.pid).ok()?;
+        if !self.in_namespace {
+            return Some(Pid::from_raw(leader));
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{leader}/task/{leader}/children")).ok()?;
+        let child = children.split_whitespace().next()?.parse().ok()?;
+        Some(Pid::from_raw(child))
     }
 
     /// SIGKILL now and report reason OOMKilled, exit code 137.
@@ -1008,7 +1032,6 @@ mod tests {
         }
         let run = start(sh("echo ready; exec sleep 1000")).await;
         wait_ready(&run).await;
-        // `exec` follows `echo` at once; SIGTERM before it would reach `sh`, also PID 1.
         let grace = Duration::from_millis(700);
         let asked = std::time::Instant::now();
         run.container.stop(grace);

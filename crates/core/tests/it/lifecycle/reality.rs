@@ -276,10 +276,10 @@ async fn a_timeout_stops_an_agent_without_a_sigterm_handler_at_once() {
         )
         .await;
     let took = started.elapsed();
-    assert_eq!(result.status, RunStatus::TimedOut, "{result:?}");
-    assert_eq!(sink.output(), "started\n");
     assert!(
         took < Duration::from_secs(15),
         "the stop waited for the grace period: {took:?}"
     );
+    assert_eq!(result.status, RunStatus::TimedOut, "{result:?}");
+    assert_eq!(sink.output(), "started\n");
 }
