@@ -139,8 +139,10 @@ struct State {
 }
 
 /// How long v1.36's Job controller takes from `SuccessCriteriaMet`/`FailureTarget` to
-/// `Complete`/`Failed` (it waits for the pod's finalizer to go): about 2 s, measured.
-pub const DEFAULT_JOB_FINISH_DELAY: Duration = Duration::from_secs(2);
+/// `Complete`/`Failed` (it waits for the pod's finalizer to go): about 2 s, measured. Set it with
+/// [`Faults::job_finish_delay`]; by default testkit writes both at once, so tools that read a
+/// Job's end (`jobs`, `gc`) see it without waiting.
+pub const REAL_JOB_FINISH_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Shared {
@@ -229,8 +231,8 @@ impl Faults {
         self.state().stderr_lag = Some(lag);
     }
 
-    /// Time between a Job's `SuccessCriteriaMet`/`FailureTarget` and its `Complete`/`Failed`
-    /// (default [`DEFAULT_JOB_FINISH_DELAY`]).
+    /// Time between a Job's `SuccessCriteriaMet`/`FailureTarget` and its `Complete`/`Failed`:
+    /// [`REAL_JOB_FINISH_DELAY`] like a real cluster (default: none).
     pub fn job_finish_delay(&self, delay: Duration) {
         self.state().job_finish_delay = Some(delay);
     }
@@ -313,9 +315,7 @@ impl Faults {
     }
 
     pub(crate) fn current_job_finish_delay(&self) -> Duration {
-        self.state()
-            .job_finish_delay
-            .unwrap_or(DEFAULT_JOB_FINISH_DELAY)
+        self.state().job_finish_delay.unwrap_or_default()
     }
 
     pub(crate) fn current_latency(&self) -> Duration {

@@ -1,8 +1,8 @@
 //! The Job controller: one pod per Job (`<job>-<5 chars>` with the job-name/controller-uid labels
 //! and a controller ownerReference), Job status (active/succeeded/failed, startTime,
 //! completionTime), the two-step conditions v1.36 writes (SuccessCriteriaMet → Complete,
-//! FailureTarget → Failed, the second after a delay: the real controller waits for the pod's
-//! tracking finalizer, about 2 s, see [`Faults::job_finish_delay`](crate::Faults::job_finish_delay)),
+//! FailureTarget → Failed, the second after a delay if set: the real controller waits for the
+//! pod's tracking finalizer, about 2 s, see [`Faults::job_finish_delay`](crate::Faults::job_finish_delay)),
 //! backoffLimit retries, activeDeadlineSeconds and ttlSecondsAfterFinished, with their events.
 
 use std::collections::HashSet;

@@ -285,3 +285,23 @@ async fn a_timeout_stops_an_agent_without_a_sigterm_handler_at_once() {
     assert_eq!(result.status, RunStatus::TimedOut, "{result:?}");
     assert_eq!(sink.output(), "started\n");
 }
+
+#[tokio::test]
+async fn a_fresh_retry_does_not_adopt_the_failed_attempt_still_short_of_failed() {
+    let h = Harness::start().await;
+    // The first attempt's Job shows `FailureTarget` but not yet `Failed` when the retry starts:
+    // its pod has ended, so it neither blocks the retry nor is adopted by it.
+    h.cluster
+        .faults()
+        .job_finish_delay(opencode_k8s_testkit::REAL_JOB_FINISH_DELAY);
+    h.opencode(
+        "cat > /dev/null\ncase \" $* \" in *' --session '*) echo 'Error: Session not found' >&2; exit 1;; esac\necho fresh",
+    );
+    let mut req = request("run-stale-real", "agent-1");
+    req.resume = super::resume("ses_gone", "/paperclip/workspaces/project");
+    let (result, sink) = h.run(req, json!({"retainJobs": true})).await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+    assert_eq!(result.attempts, 2);
+    assert!(result.job_name.ends_with("-a2"), "{}", result.job_name);
+    assert!(sink.output().ends_with("fresh\n"), "{}", sink.output());
+}
