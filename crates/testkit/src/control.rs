@@ -34,6 +34,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/faults/cut-logs", post(cut_logs))
         .route("/faults/close-watches", post(close_watches))
         .route("/faults/refuse-connections", post(refuse))
+        .route("/faults/forbid", post(forbid))
+        .route("/faults/log-error", post(log_error))
+        .route("/faults/stream-lag", post(stream_lag))
+        .route("/faults/job-finish-delay", post(job_finish_delay))
         .route("/faults/unschedulable", post(unschedulable))
         .route("/faults/image-pull", post(image_pull))
         .route("/faults/script", post(script))
@@ -80,6 +84,32 @@ struct Millis {
 
 async fn latency(State(s): St, Json(m): Json<Millis>) -> Response {
     s.faults.latency(Duration::from_millis(m.ms));
+    ok()
+}
+
+#[derive(Deserialize)]
+struct Count {
+    #[serde(default = "one")]
+    n: u32,
+}
+
+async fn log_error(State(s): St, Json(c): Json<Count>) -> Response {
+    s.faults.log_error_next(c.n);
+    ok()
+}
+
+async fn forbid(State(s): St, Json(m): Json<Millis>) -> Response {
+    s.faults.forbid_all(Duration::from_millis(m.ms));
+    ok()
+}
+
+async fn stream_lag(State(s): St, Json(m): Json<Millis>) -> Response {
+    s.faults.stream_lag(Duration::from_millis(m.ms));
+    ok()
+}
+
+async fn job_finish_delay(State(s): St, Json(m): Json<Millis>) -> Response {
+    s.faults.job_finish_delay(Duration::from_millis(m.ms));
     ok()
 }
 

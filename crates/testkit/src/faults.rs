@@ -1,6 +1,9 @@
 //! Fault injection: failed requests, latency, refused connections, closed watches, cut log
-//! streams, and pods that cannot be scheduled, cannot pull their image, get OOMKilled or exit
-//! with a chosen code after chosen output. Shared by the Rust API and the control endpoint.
+//! streams, an API server that forbids everything for a while (its authorizer warming up after
+//! a restart), the skew between the stdout and stderr stamps, the delay between a Job's target
+//! condition and its `Complete`/`Failed`, and pods that cannot be scheduled, cannot pull their
+//! image, get OOMKilled or exit with a chosen code after chosen output. Shared by the Rust API and
+//! the control endpoint.
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::logs::LogCut;
 
@@ -128,7 +132,17 @@ struct State {
     unschedulable: Vec<PodMatch>,
     image_pull: Vec<String>,
     scripts: Vec<(PodMatch, Script)>,
+    forbid_until: Option<Instant>,
+    log_errors: u32,
+    stderr_lag: Option<Duration>,
+    job_finish_delay: Option<Duration>,
 }
+
+/// How long v1.36's Job controller takes from `SuccessCriteriaMet`/`FailureTarget` to
+/// `Complete`/`Failed` (it waits for the pod's finalizer to go): about 2 s, measured. Set it with
+/// [`Faults::job_finish_delay`]; by default testkit writes both at once, so tools that read a
+/// Job's end (`jobs`, `gc`) see it without waiting.
+pub const REAL_JOB_FINISH_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Shared {
@@ -197,6 +211,32 @@ impl Faults {
         self.shared.refuse.send_replace(Some(duration));
     }
 
+    /// Answer every API request with 403 `Forbidden` (an RBAC-worded Status) for `duration`:
+    /// a kube-apiserver right after a restart, its authorizer not ready yet (measured: a few
+    /// seconds).
+    pub fn forbid_all(&self, duration: Duration) {
+        self.state().forbid_until = Some(Instant::now() + duration);
+    }
+
+    /// Answer the next `n` log requests the way a kubelet does when the container's log cannot
+    /// be read (measured when a timed-out pod's container was removed): 200 with the plain text
+    /// `unable to retrieve container logs for containerd://<id>`, no timestamp, no newline.
+    pub fn log_error_next(&self, n: u32) {
+        self.state().log_errors = n;
+    }
+
+    /// Stamp stderr this much earlier than stdout in containers started from now on (default
+    /// [`DEFAULT_STDERR_LAG`](crate::logs::DEFAULT_STDERR_LAG); zero: one clock for both).
+    pub fn stream_lag(&self, lag: Duration) {
+        self.state().stderr_lag = Some(lag);
+    }
+
+    /// Time between a Job's `SuccessCriteriaMet`/`FailureTarget` and its `Complete`/`Failed`:
+    /// [`REAL_JOB_FINISH_DELAY`] like a real cluster (default: none).
+    pub fn job_finish_delay(&self, delay: Duration) {
+        self.state().job_finish_delay = Some(delay);
+    }
+
     /// Pods matching `pods` stay Pending with `PodScheduled=False` / `Unschedulable`.
     pub fn unschedulable(&self, pods: &str) {
         self.state().unschedulable.push(PodMatch(pods.to_owned()));
@@ -251,6 +291,31 @@ impl Faults {
         let code = rule.code;
         state.fail.retain(|r| r.remaining > 0);
         Some(code)
+    }
+
+    /// Whether the forbid-everything fault is on.
+    pub(crate) fn forbidding(&self) -> bool {
+        self.state()
+            .forbid_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Whether this log request gets the kubelet's error text, consuming one.
+    pub(crate) fn take_log_error(&self) -> bool {
+        let mut state = self.state();
+        let take = state.log_errors > 0;
+        state.log_errors = state.log_errors.saturating_sub(1);
+        take
+    }
+
+    pub(crate) fn current_stderr_lag(&self) -> Duration {
+        self.state()
+            .stderr_lag
+            .unwrap_or(crate::logs::DEFAULT_STDERR_LAG)
+    }
+
+    pub(crate) fn current_job_finish_delay(&self) -> Duration {
+        self.state().job_finish_delay.unwrap_or_default()
     }
 
     pub(crate) fn current_latency(&self) -> Duration {

@@ -1,8 +1,9 @@
 //! The Job controller: one pod per Job (`<job>-<5 chars>` with the job-name/controller-uid labels
 //! and a controller ownerReference), Job status (active/succeeded/failed, startTime,
 //! completionTime), the two-step conditions v1.36 writes (SuccessCriteriaMet → Complete,
-//! FailureTarget → Failed), backoffLimit retries, activeDeadlineSeconds and
-//! ttlSecondsAfterFinished, with their events.
+//! FailureTarget → Failed, the second after a delay if set: the real controller waits for the
+//! pod's tracking finalizer, about 2 s, see [`Faults::job_finish_delay`](crate::Faults::job_finish_delay)),
+//! backoffLimit retries, activeDeadlineSeconds and ttlSecondsAfterFinished, with their events.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,6 +34,13 @@ enum Timer {
         ns: String,
         name: String,
         uid: String,
+    },
+    /// Write `Complete` (or `Failed` with its reason) after the target condition.
+    Finish {
+        ns: String,
+        name: String,
+        uid: String,
+        failed: Option<(String, String)>,
     },
 }
 
@@ -298,7 +306,23 @@ impl JobController {
         }) else {
             return;
         };
-        let Some(job) = self.update(&job, |s| {
+        self.finish_later(&job, None);
+    }
+
+    /// Schedule `Complete` (`failed: None`) or `Failed` after the finish delay.
+    fn finish_later(&self, job: &Value, failed: Option<(String, String)>) {
+        let meta = &job["metadata"];
+        let timer = Timer::Finish {
+            ns: text(&meta["namespace"]),
+            name: text(&meta["name"]),
+            uid: text(&meta["uid"]),
+            failed,
+        };
+        self.after(self.shared.faults.current_job_finish_delay(), timer);
+    }
+
+    fn write_complete(&self, job: &Value) {
+        let Some(job) = self.update(job, |s| {
             s["completionTime"] = json!(now_seconds());
             push_condition(
                 s,
@@ -311,26 +335,28 @@ impl JobController {
         self.schedule_ttl(&job);
     }
 
-    /// Writes `Failed` (after `FailureTarget` when `target` is still to be written).
+    /// Writes `Failed`: with `target`, `FailureTarget` now and `Failed` after the finish delay;
+    /// without (the target is written and the pods are gone), `Failed` now.
     fn fail(&self, job: &Value, reason: &str, message: &str, target: bool) {
-        let job = if target {
-            match self.update(job, |s| {
+        if target {
+            let Some(job) = self.update(job, |s| {
                 push_condition(s, condition("FailureTarget", reason, message))
-            }) {
-                Some(job) => job,
-                None => return,
-            }
+            }) else {
+                return;
+            };
+            self.event(&job, EventType::Warning, reason, message);
+            self.finish_later(&job, Some((reason.to_owned(), message.to_owned())));
         } else {
-            Arc::new(job.clone())
-        };
-        let Some(job) = self.update(&job, |s| {
+            self.write_failed(job, reason, message);
+        }
+    }
+
+    fn write_failed(&self, job: &Value, reason: &str, message: &str) {
+        let Some(job) = self.update(job, |s| {
             push_condition(s, condition("Failed", reason, message))
         }) else {
             return;
         };
-        if target {
-            self.event(&job, EventType::Warning, reason, message);
-        }
         self.schedule_ttl(&job);
     }
 
@@ -399,6 +425,20 @@ impl JobController {
                 }
                 if active == 0 {
                     self.fail(&job, "DeadlineExceeded", DEADLINE_MESSAGE, false);
+                }
+            }
+            Timer::Finish {
+                ns,
+                name,
+                uid,
+                failed,
+            } => {
+                let Some(job) = self.job(&ns, &name, &uid).filter(|j| !finished(j)) else {
+                    return;
+                };
+                match failed {
+                    Some((reason, message)) => self.write_failed(&job, &reason, &message),
+                    None => self.write_complete(&job),
                 }
             }
             Timer::Ttl { ns, name, uid } => {

@@ -422,6 +422,7 @@ impl PodTask {
                 return self.park().await;
             }
         };
+        logs.set_stderr_lag(self.shared.faults.current_stderr_lag());
         locked(&self.shared.node.logs).insert((uid.clone(), cname.clone()), logs.clone());
         self.event(
             &pod,

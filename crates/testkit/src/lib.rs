@@ -51,6 +51,10 @@
 //! | `POST /_testkit/faults/cut-logs` | `{"afterLines":3}` or `{"everyMs":500}` or `{}` | cut follow log streams |
 //! | `POST /_testkit/faults/close-watches` | | end every open watch |
 //! | `POST /_testkit/faults/refuse-connections` | `{"ms":1000}` | close the port for a while |
+//! | `POST /_testkit/faults/log-error` | `{"n":1}` | next n log reads answer the kubelet's error text |
+//! | `POST /_testkit/faults/forbid` | `{"ms":3000}` | 403 to every API request (authorizer warming up) |
+//! | `POST /_testkit/faults/stream-lag` | `{"ms":3}` | stderr stamped this much before stdout (default 3) |
+//! | `POST /_testkit/faults/job-finish-delay` | `{"ms":2000}` | target condition → `Complete`/`Failed` delay (real: ~2000; default 0) |
 //! | `POST /_testkit/faults/unschedulable` | `{"pods":"job-name"}` | pods stay Unschedulable |
 //! | `POST /_testkit/faults/image-pull` | `{"pattern":"does-not-exist"}` | ErrImagePull → ImagePullBackOff |
 //! | `POST /_testkit/faults/script` | `{"pods":"*","output":"hi\n","outcome":{"exit":3}}` or `"outcome":"oom"` | replace the command |
@@ -89,7 +93,7 @@ mod watch;
 pub use accounting::RequestCounts;
 pub use auth::Rule;
 pub use cluster::{Cluster, ClusterError, ClusterOptions, WaitError};
-pub use faults::{Faults, Outcome, Script, UnknownVerb, Verb};
+pub use faults::{Faults, Outcome, REAL_JOB_FINISH_DELAY, Script, UnknownVerb, Verb};
 pub use llm::FakeLlm;
 pub use logs::LogCut;
 pub use resource::Resource;

@@ -6,6 +6,13 @@
 //! with `timestamps=true`: `2026-11-27T14:24:42.420363934Z <line>\n` (RFC3339Nano with nine
 //! fixed digits, as captured in `fixtures/kube/31-log-follow-timestamps.raw`). The fixed-width
 //! prefix makes `timestamps=false` a cut of 31 bytes per line and lets `sinceTime` compare text.
+//!
+//! Like containerd, each stream is stamped on its own when its output is read, and stderr's
+//! reader lags stdout's by a little ([`DEFAULT_STDERR_LAG`], or
+//! [`Faults::stream_lag`](crate::Faults::stream_lag)): the file is in write order, and where
+//! the streams interleave, an entry may carry an earlier timestamp than the one before it
+//! (measured on v1.36). `sinceTime`, truncated to whole seconds, filters each entry on its own,
+//! the file's order kept, as the real kubelet does.
 //! Memory holds only a sparse index (one mark per 64 KiB of file) and the unfinished line of each
 //! stream, so a container writing 1 GiB costs a few hundred KiB of RAM. Followers are woken by a
 //! `watch` channel, never by polling, and get every line written since their last wakeup as one
@@ -14,6 +21,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -36,6 +44,9 @@ const MAX_LINE: usize = 2 * 1024 * 1024;
 /// Room kept for an unfinished line between appends.
 const PENDING_KEEP: usize = 64 * 1024;
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
+/// How much earlier than stdout's a stderr line is stamped by default: a few milliseconds, the
+/// skew measured between containerd's two stream readers.
+pub const DEFAULT_STDERR_LAG: std::time::Duration = std::time::Duration::from_millis(3);
 
 /// The stored output of one container: a file of timestamped lines plus a compact index.
 #[derive(Debug)]
@@ -45,6 +56,8 @@ pub struct LogBuffer {
     _path: tempfile::TempPath,
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
+    /// Nanoseconds stderr's stamps lag behind the clock.
+    stderr_lag: AtomicI64,
 }
 
 /// What followers need to know to read on: how far the file holds whole lines, and whether more
@@ -70,18 +83,22 @@ struct State {
 struct Records {
     len: u64,
     lines: u64,
-    last_ns: i64,
+    /// The last stamp of stdout and of stderr: each strictly increases on its own.
+    last_ns: [i64; 2],
+    /// The latest stamp in the file.
+    max_ns: i64,
     second: i64,
     second_text: [u8; 19],
     index: Vec<Mark>,
 }
 
-/// A line that starts at `offset`, is line number `line` (from 0) and was written at `ns`.
+/// A line that starts at `offset` and is line number `line` (from 0); every line before it was
+/// stamped at or before `max_before` (stamps are not in file order, their running maximum is).
 #[derive(Clone, Copy, Debug)]
 struct Mark {
     offset: u64,
     line: u64,
-    ns: i64,
+    max_before: i64,
 }
 
 impl LogBuffer {
@@ -101,7 +118,8 @@ impl LogBuffer {
                 records: Records {
                     len: 0,
                     lines: 0,
-                    last_ns: i64::MIN,
+                    last_ns: [i64::MIN; 2],
+                    max_ns: i64::MIN,
                     second: i64::MIN,
                     second_text: [0; 19],
                     index: Vec::new(),
@@ -110,14 +128,24 @@ impl LogBuffer {
                 has_output: false,
             }),
             progress: watch::Sender::new(Progress::default()),
+            stderr_lag: AtomicI64::new(nanos(DEFAULT_STDERR_LAG)),
         }))
     }
 
+    /// Stamp stderr this much earlier than stdout from now on (zero: both by the same clock).
+    pub fn set_stderr_lag(&self, lag: std::time::Duration) {
+        self.stderr_lag.store(nanos(lag), Ordering::Relaxed);
+    }
+
     /// Append output of one stream; splits into lines, stamps each line with the time it was
-    /// written (RFC3339Nano, strictly increasing), stdout and stderr interleaved as written.
-    /// Output after `close()` is ignored.
+    /// read (RFC3339Nano, strictly increasing within the stream; stderr lagging by the stream
+    /// lag), stdout and stderr interleaved as written. Output after `close()` is ignored.
     pub fn append(&self, stream: LogStream, bytes: &[u8]) {
-        self.append_at(stream, bytes, now_ns());
+        let lag = match stream {
+            LogStream::Stdout => 0,
+            LogStream::Stderr => self.stderr_lag.load(Ordering::Relaxed),
+        };
+        self.append_at(stream, bytes, now_ns().saturating_sub(lag));
     }
 
     /// `append` with the clock injected, so tests can place lines in chosen seconds.
@@ -139,7 +167,7 @@ impl LogBuffer {
         let mut rest = bytes;
         while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
             let (line, tail) = rest.split_at(newline + 1);
-            records.push(&mut out, now, pending, line);
+            records.push(&mut out, stream, now, pending, line);
             pending.clear();
             rest = tail;
         }
@@ -147,7 +175,7 @@ impl LogBuffer {
         pending.shrink_to(PENDING_KEEP);
         pending.extend_from_slice(rest);
         if pending.len() >= MAX_LINE {
-            records.push(&mut out, now, pending, b"\n");
+            records.push(&mut out, stream, now, pending, b"\n");
             pending.clear();
             pending.shrink_to(PENDING_KEEP);
         }
@@ -167,15 +195,15 @@ impl LogBuffer {
         } = &mut *state;
         let start = records.snapshot();
         let mut out = Vec::new();
-        let partials: Vec<Vec<u8>> = pending
-            .iter_mut()
-            .map(std::mem::take)
-            .filter(|partial| !partial.is_empty())
+        let partials: Vec<(LogStream, Vec<u8>)> = [LogStream::Stdout, LogStream::Stderr]
+            .into_iter()
+            .zip(pending.iter_mut().map(std::mem::take))
+            .filter(|(_, partial)| !partial.is_empty())
             .collect();
         // Only the very last record may lack its newline, or it would run into the next one.
-        for (i, partial) in partials.iter().enumerate() {
+        for (i, (stream, partial)) in partials.iter().enumerate() {
             let end: &[u8] = if i + 1 == partials.len() { b"" } else { b"\n" };
-            records.push(&mut out, now, partial, end);
+            records.push(&mut out, *stream, now, partial, end);
         }
         state.closed = true;
         self.commit(&mut state, start, &out);
@@ -219,8 +247,10 @@ impl LogBuffer {
             LogCut::Every(period) if query.follow => (None, Some(Instant::now() + period)),
             _ => (None, None),
         };
+        let since = since_bound(&query, now_ns()).map(format_ts);
         let reader = Reader {
             buffer: Arc::clone(self),
+            since,
             progress,
             pos: start,
             end: (!query.follow).then_some(snapshot.len),
@@ -286,8 +316,10 @@ impl LogBuffer {
         })
     }
 
+    /// Where the lines stamped at or after `bound_ns` may start: every line before it is stamped
+    /// earlier (the reader filters the rest line by line, as their stamps are not in order).
     fn offset_of_time(&self, bound_ns: i64, snapshot: Progress) -> std::io::Result<u64> {
-        let mark = self.mark_before(|mark| mark.ns < bound_ns);
+        let mark = self.mark_before(|mark| mark.max_before < bound_ns);
         let bound = format_ts(bound_ns);
         // Fixed-width timestamps sort as text.
         self.find_record(mark.offset, snapshot.len, |record| {
@@ -306,7 +338,7 @@ impl LogBuffer {
             .unwrap_or(Mark {
                 offset: 0,
                 line: 0,
-                ns: i64::MIN,
+                max_before: i64::MIN,
             })
     }
 
@@ -359,11 +391,13 @@ impl Records {
         }
     }
 
-    /// Append one record (`head` then `tail`, which carries the newline if any) to `out`.
-    fn push(&mut self, out: &mut Vec<u8>, now: i64, head: &[u8], tail: &[u8]) {
-        // Strictly increasing, so a reconnecting client can dedupe on the full timestamp.
-        let ns = now.max(self.last_ns.saturating_add(1));
-        self.last_ns = ns;
+    /// Append one record of `stream` (`head` then `tail`, which carries the newline if any) to
+    /// `out`.
+    fn push(&mut self, out: &mut Vec<u8>, stream: LogStream, now: i64, head: &[u8], tail: &[u8]) {
+        // Strictly increasing within the stream, as one reader's clock.
+        let last = &mut self.last_ns[stream as usize];
+        let ns = now.max(last.saturating_add(1));
+        *last = ns;
         let offset = self.len;
         if self
             .index
@@ -373,9 +407,10 @@ impl Records {
             self.index.push(Mark {
                 offset,
                 line: self.lines,
-                ns,
+                max_before: self.max_ns,
             });
         }
+        self.max_ns = self.max_ns.max(ns);
         let before = out.len();
         self.stamp(out, ns);
         out.extend_from_slice(head);
@@ -406,6 +441,8 @@ impl Records {
 /// One in-flight log request.
 struct Reader {
     buffer: Arc<LogBuffer>,
+    /// Only lines stamped at or after this (the `sinceTime`/`sinceSeconds` bound).
+    since: Option<[u8; TS_LEN]>,
     progress: watch::Receiver<Progress>,
     pos: u64,
     /// Where a non-follow request stops: the end of the log when it was made.
@@ -456,11 +493,20 @@ impl Reader {
 
     /// Turn stored records into what the client asked for, applying the limits.
     fn render(&mut self, chunk: Vec<u8>) -> Bytes {
-        if self.timestamps && self.bytes_left.is_none() && self.lines_left.is_none() {
+        if self.timestamps
+            && self.since.is_none()
+            && self.bytes_left.is_none()
+            && self.lines_left.is_none()
+        {
             return Bytes::from(chunk);
         }
         let mut out = Vec::with_capacity(chunk.len());
         for record in chunk.split_inclusive(|&b| b == b'\n') {
+            if let Some(since) = &self.since
+                && record.get(..TS_LEN).is_some_and(|ts| ts < since.as_slice())
+            {
+                continue;
+            }
             let line = if self.timestamps {
                 record
             } else {
@@ -540,6 +586,10 @@ fn since_bound(query: &LogQuery, now: i64) -> Option<i64> {
     from_time.max(from_seconds)
 }
 
+fn nanos(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
 fn now_ns() -> i64 {
     i64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(i64::MAX)
 }
@@ -617,7 +667,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn timestamps_have_the_kubelet_format_and_strictly_increase() {
+    async fn timestamps_have_the_kubelet_format_and_strictly_increase_per_stream() {
         let (_dir, buffer) = buffer();
         buffer.append(LogStream::Stdout, b"out-1\n");
         buffer.append(LogStream::Stderr, b"err-1\n");
@@ -644,8 +694,55 @@ mod tests {
                 "{ts} is not RFC3339Nano with 9 digits"
             );
         }
-        // Fixed width: text order is time order.
-        assert!(lines.windows(2).all(|w| w[0].0 < w[1].0), "{text}");
+        // Fixed width: text order is time order. stdout's own stamps increase; stderr's reader
+        // lags, so its line is stamped before the stdout line written ahead of it.
+        let stdout: Vec<&str> = [0, 2, 3, 4].iter().map(|&i| lines[i].0).collect();
+        assert!(stdout.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(lines[1].0 < lines[0].0, "{text}");
+    }
+
+    #[tokio::test]
+    async fn since_time_filters_each_line_of_interleaved_streams_on_its_own() {
+        let (_dir, buffer) = buffer();
+        // As containerd writes them: file order differs from timestamp order.
+        buffer.append_at(
+            LogStream::Stdout,
+            b"out-1\n",
+            at("2026-11-27T14:24:42.999Z"),
+        );
+        buffer.append_at(
+            LogStream::Stdout,
+            b"out-2\n",
+            at("2026-11-27T14:24:43.002Z"),
+        );
+        buffer.append_at(
+            LogStream::Stderr,
+            b"err-1\n",
+            at("2026-11-27T14:24:42.998Z"),
+        );
+        buffer.append_at(
+            LogStream::Stdout,
+            b"out-3\n",
+            at("2026-11-27T14:24:43.500Z"),
+        );
+        buffer.append_at(
+            LogStream::Stderr,
+            b"err-2\n",
+            at("2026-11-27T14:24:43.001Z"),
+        );
+        buffer.close();
+        let all = read_all(&buffer, query()).await;
+        assert_eq!(
+            all, "out-1\nout-2\nerr-1\nout-3\nerr-2\n",
+            "write order kept"
+        );
+        let since = LogQuery {
+            since_time: Some("2026-11-27T14:24:43.7Z".parse().expect("time")),
+            ..query()
+        };
+        // Truncated to :43, then each line on its own: err-1 (stamped :42.998) is left out
+        // although it comes after a line that is served.
+        assert_eq!(read_all(&buffer, since).await, "out-2\nout-3\nerr-2\n");
     }
 
     #[test]

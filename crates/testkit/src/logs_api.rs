@@ -103,6 +103,22 @@ pub(crate) async fn serve(
             "container \"{container}\" in pod \"{name}\" is waiting to start: {waiting}"
         )));
     };
+    if shared.faults.take_log_error() {
+        let id = pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"].as_str() == Some(container.as_str()))
+            .and_then(|s| s["containerID"].as_str())
+            .unwrap_or("containerd://0000000000000000");
+        return Ok(Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from(format!(
+                "unable to retrieve container logs for {id}"
+            )))
+            .unwrap_or_default());
+    }
     let cut = if query.follow {
         shared.faults.current_log_cut()
     } else {

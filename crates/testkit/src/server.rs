@@ -262,7 +262,8 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Result<Response, ApiError>
         resource: &accounted,
         namespace: rbac_ns,
     };
-    if user.allows(&attrs).is_none() {
+    // An API server whose authorizer is not ready denies everything, worded like RBAC.
+    if user.allows(&attrs).is_none() || shared.faults.forbidding() {
         return Err(ApiError::forbidden(
             &user.name,
             verb.rbac(),

@@ -1,21 +1,32 @@
 //! Exactly-once delivery of a container's output across follow-stream reconnects.
 //!
 //! The kubelet closes follow streams on its own (timeouts, log rotation) and connections drop.
-//! Every connection asks for `timestamps=true`; on reconnect the engine asks for `sinceTime` =
-//! the last delivered timestamp. The server truncates `sinceTime` to whole seconds (measured on
-//! v1.36; kube-rs also *rounds* it, which could skip ahead half a second, so the engine floors
-//! it itself), so the boundary second comes back: [`LogCursor`] drops what was already delivered
-//! by comparing full-precision timestamps, and position among equal ones. Never `sinceSeconds`
-//! plus content heuristics.
+//! Every connection asks for `timestamps=true`. containerd stamps stdout and stderr each on its
+//! own, so the merged log is in the file's order, not in timestamp order (measured on v1.36:
+//! an entry may carry an earlier timestamp than the one before it). Delivery therefore goes by
+//! position: [`LogCursor`] reconnects with a `sinceTime` a little before the newest delivered
+//! timestamp, floored to whole seconds (the server truncates it and filters each entry on its
+//! own; kube-rs would *round* it), and skips exactly the delivered entries that answer starts
+//! with. Never `sinceSeconds` plus content heuristics.
+//!
+//! With `timestamps=true` every line the container wrote carries a prefix (the kubelet rejoins
+//! containerd's partial lines, a 40 kB line comes back as one stamped entry). An entry without
+//! one is the kubelet or the API server talking (`unable to retrieve container logs for
+//! containerd://...`): it is never delivered as output, and the connection counts as failed.
 //!
 //! A connection that ends inside a line while the container still runs holds that fragment back:
 //! the same entry arrives whole on the next connection. Only once the container has terminated is
 //! a last line without a newline delivered, without one, as the process wrote it.
+//!
+//! The API refusing a read (401/403 while its authorizer warms up after a restart, 429, 5xx,
+//! connections refused) is retried with backoff; only a refusal lasting the run's bound fails
+//! the follow, and the run with it: output that could not be read completely is never a success.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::AsyncBufReadExt;
-use jiff::{Timestamp, ToSpan};
+use jiff::{SignedDuration, Timestamp, ToSpan};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::LogParams;
@@ -43,20 +54,54 @@ pub(crate) enum ContainerState {
     Gone,
 }
 
+/// How far before the newest delivered timestamp a reconnect asks to start. containerd stamps
+/// stdout and stderr on their own, so the merged log is in file order, not timestamp order: an
+/// entry may follow a later-stamped one by a few milliseconds (measured on v1.36). Entries of
+/// the file after the delivered ones but stamped more than this before the newest delivered
+/// entry would be lost on a reconnect.
+const SKEW_MARGIN: SignedDuration = SignedDuration::from_secs(2);
+
 /// Which entries of a timestamped log were already delivered.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+///
+/// Within a connection entries are delivered by position, whatever their timestamps. Everything
+/// delivered is a prefix of the log file, so the answer to `sinceTime=S` (the file filtered by
+/// `ts >= S`, in file order) starts with exactly the delivered entries stamped `>= S`: a
+/// reconnect skips that many. `S` is the newest delivered timestamp floored to the second less
+/// [`SKEW_MARGIN`], so only a bounded window of delivered timestamps has to be kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogCursor {
-    last: Option<Timestamp>,
-    /// How many delivered entries carry exactly `last` (timestamps may repeat).
-    delivered_at_last: u64,
-    /// On the current connection: how many entries stamped `last` are still to be skipped.
-    skip_at_last: u64,
-    /// The last entry is a line still being written, of which this many bytes were delivered
-    /// (a line longer than [`MAX_PENDING`] is streamed rather than held whole in memory).
+    /// The `sinceTime` of the current connection (`None`: from the beginning).
+    since: Option<Timestamp>,
+    /// How many delivered entries are stamped at or after `since`.
+    prefix: u64,
+    /// Delivered timestamps (with their counts) no older than the newest less the margin and a
+    /// second: enough to count the prefix of any later `sinceTime`.
+    window: BTreeMap<Timestamp, u64>,
+    /// `window` holds every delivered entry stamped at or after `since` (false after a restore
+    /// from a checkpoint, until the skipped entries were seen again).
+    window_complete: bool,
+    /// On the current connection: how many entries are still to be skipped.
+    skip: u64,
+    /// The last delivered entry is a line still being written, of which this many bytes were
+    /// delivered (a line longer than [`MAX_PENDING`] is streamed rather than held whole).
     partial: Option<u64>,
 }
 
-/// What to do with an entry, by its timestamp.
+impl Default for LogCursor {
+    /// A cursor that has delivered nothing yet.
+    fn default() -> Self {
+        Self {
+            since: None,
+            prefix: 0,
+            window: BTreeMap::new(),
+            window_complete: true,
+            skip: 0,
+            partial: None,
+        }
+    }
+}
+
+/// What to do with an entry, by its position on the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admit {
     /// New: deliver it.
@@ -68,60 +113,107 @@ enum Admit {
 }
 
 impl LogCursor {
-    /// The cursor as an opaque string (`<timestamp>/<count>[+<bytes>]`), `None` before any output.
+    /// The cursor as an opaque string (`<sinceTime>/<count>[+<bytes>]`: reconnect from that whole
+    /// second, skip `count` entries, then skip `bytes` of the next), `None` before any output.
     pub(crate) fn checkpoint(&self) -> Option<String> {
-        let ts = self.last?;
+        let (since, count) = if self.window_complete {
+            let since = self.next_since()?;
+            (since, self.delivered_since(since))
+        } else {
+            (self.since?, self.prefix)
+        };
         Some(match self.partial {
-            Some(bytes) => format!("{ts}/{}+{bytes}", self.delivered_at_last),
-            None => format!("{ts}/{}", self.delivered_at_last),
+            Some(bytes) => format!("{since}/{count}+{bytes}"),
+            None => format!("{since}/{count}"),
         })
     }
 
     /// A cursor from [`Self::checkpoint`]'s string.
     pub(crate) fn from_checkpoint(text: &str) -> Option<Self> {
-        let (ts, rest) = text.rsplit_once('/')?;
+        let (since, rest) = text.rsplit_once('/')?;
         let (count, partial) = match rest.split_once('+') {
             Some((count, bytes)) => (count, Some(bytes.parse().ok()?)),
             None => (rest, None),
         };
+        let prefix = count.parse().ok()?;
         Some(Self {
-            last: Some(ts.parse().ok()?),
-            delivered_at_last: count.parse().ok()?,
-            skip_at_last: 0,
+            since: Some(since.parse().ok()?),
+            prefix,
+            window: BTreeMap::new(),
+            window_complete: prefix == 0,
+            skip: 0,
             partial,
         })
     }
 
-    /// Start a new connection: the `sinceTime` to ask for (floored to whole seconds, so neither
-    /// the server's truncation nor a client's rounding can skip an entry).
+    /// The `sinceTime` a reconnect asks for now: whole seconds (the server truncates, and a
+    /// client library may round), never earlier than the current one.
+    fn next_since(&self) -> Option<Timestamp> {
+        let newest = *self.window.last_key_value()?.0;
+        let since = floor_to_second(newest)
+            .checked_sub(SKEW_MARGIN)
+            .unwrap_or(newest);
+        Some(self.since.map_or(since, |current| current.max(since)))
+    }
+
+    /// Delivered entries stamped at or after `since` (the window must be complete).
+    fn delivered_since(&self, since: Timestamp) -> u64 {
+        self.window.range(since..).map(|(_, n)| n).sum()
+    }
+
+    /// Start a new connection: the `sinceTime` to ask for.
     pub(crate) fn reconnect(&mut self) -> Option<Timestamp> {
-        self.skip_at_last = self.delivered_at_last;
-        self.last.map(floor_to_second)
+        if self.window_complete {
+            if let Some(since) = self.next_since() {
+                self.prefix = self.delivered_since(since);
+                self.since = Some(since);
+                self.window = self.window.split_off(&since);
+            }
+        } else {
+            // Restored, or cut while skipping: learn the delivered entries again as they are
+            // skipped.
+            self.window.clear();
+        }
+        self.skip = self.prefix;
+        self.since
     }
 
     fn admit(&mut self, ts: Timestamp) -> Admit {
-        match self.last {
-            Some(last) if ts < last => Admit::Drop,
-            Some(last) if ts == last && self.skip_at_last > 0 => {
-                self.skip_at_last -= 1;
-                match self.partial {
-                    // The last delivered entry at this timestamp is the one cut short.
-                    Some(bytes) if self.skip_at_last == 0 => Admit::ResumeAfter(bytes),
-                    _ => Admit::Drop,
-                }
+        if self.skip > 0 {
+            self.skip -= 1;
+            if !self.window_complete {
+                *self.window.entry(ts).or_default() += 1;
+                self.window_complete = self.skip == 0;
             }
-            Some(last) if ts == last => {
-                self.delivered_at_last += 1;
-                self.partial = None;
-                Admit::Deliver
-            }
-            _ => {
-                self.last = Some(ts);
-                self.delivered_at_last = 1;
-                self.skip_at_last = 0;
-                self.partial = None;
-                Admit::Deliver
-            }
+            return match self.partial {
+                // The last delivered entry is the one cut short.
+                Some(bytes) if self.skip == 0 => Admit::ResumeAfter(bytes),
+                _ => Admit::Drop,
+            };
+        }
+        if self.since.is_none_or(|since| ts >= since) {
+            self.prefix += 1;
+        }
+        *self.window.entry(ts).or_default() += 1;
+        self.partial = None;
+        self.prune();
+        Admit::Deliver
+    }
+
+    /// Forget timestamps no later `sinceTime` can reach.
+    fn prune(&mut self) {
+        let Some((&newest, _)) = self.window.last_key_value() else {
+            return;
+        };
+        let keep_from = newest
+            .checked_sub(SKEW_MARGIN + SignedDuration::from_secs(1))
+            .unwrap_or(newest);
+        while self
+            .window
+            .first_key_value()
+            .is_some_and(|(&oldest, _)| oldest < keep_from)
+        {
+            self.window.pop_first();
         }
     }
 }
@@ -131,6 +223,10 @@ fn floor_to_second(ts: Timestamp) -> Timestamp {
     ts.checked_sub(i64::from(nanos).nanoseconds()).unwrap_or(ts)
 }
 
+/// How long the API may refuse every log read before a follow fails (an API server's
+/// authorizer answers 403 for a few seconds after a restart).
+pub(crate) const REFUSED: Duration = Duration::from_secs(60);
+
 /// The most of one unfinished line held in memory; a longer line is streamed as it arrives.
 const MAX_PENDING: usize = 1 << 20;
 
@@ -138,6 +234,8 @@ const MAX_PENDING: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct StampedLines {
     pending: Vec<u8>,
+    /// The first entry without a timestamp on this connection: not the container's output.
+    foreign: Option<String>,
     /// Inside a long entry whose start was already handled: its bytes up to the newline.
     streaming: Option<Streaming>,
     max_pending: Option<usize>,
@@ -175,7 +273,7 @@ impl StampedLines {
         let mut start = 0;
         while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
             let end = start + pos + 1;
-            admit_entry(&self.pending[start..end], cursor, out);
+            self.admit_entry(start..end, cursor, out);
             start = end;
         }
         self.pending.drain(..start);
@@ -184,12 +282,53 @@ impl StampedLines {
         }
     }
 
+    /// Deliver the whole entry `pending[range]` if the cursor admits it.
+    fn admit_entry(
+        &mut self,
+        range: std::ops::Range<usize>,
+        cursor: &mut LogCursor,
+        out: &mut Vec<u8>,
+    ) {
+        let entry = &self.pending[range];
+        match split_stamp(entry) {
+            Some((ts, text)) => match cursor.admit(ts) {
+                Admit::Deliver => out.extend_from_slice(text),
+                Admit::ResumeAfter(from) => {
+                    let skip = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+                    out.extend_from_slice(&text[skip..]);
+                    cursor.partial = None;
+                }
+                Admit::Drop => {}
+            },
+            None => {
+                let entry = entry.to_vec();
+                self.note_foreign(&entry);
+            }
+        }
+    }
+
+    /// Remember (the start of) an entry that is not the container's output.
+    fn note_foreign(&mut self, entry: &[u8]) {
+        if self.foreign.is_none() {
+            let head = &entry[..entry.len().min(512)];
+            self.foreign = Some(String::from_utf8_lossy(head).trim_end().to_owned());
+        }
+    }
+
+    /// The text of an entry without a timestamp seen on this connection, once.
+    pub(crate) fn take_foreign(&mut self) -> Option<String> {
+        self.foreign.take()
+    }
+
     /// Hand the unfinished entry in `pending` over to streaming.
     fn start_streaming(&mut self, cursor: &mut LogCursor, out: &mut Vec<u8>) {
         let entry = std::mem::take(&mut self.pending);
         let (verdict, text) = match split_stamp(&entry) {
             Some((ts, text)) => (cursor.admit(ts), text),
-            None => (Admit::Deliver, &entry[..]),
+            None => {
+                self.note_foreign(&entry);
+                (Admit::Drop, &entry[..])
+            }
         };
         let streaming = match verdict {
             Admit::Deliver => Streaming {
@@ -237,7 +376,7 @@ impl StampedLines {
     /// on the next connection (a streamed long line resumes where it stopped).
     pub(crate) fn end(&mut self, complete: bool, cursor: &mut LogCursor, out: &mut Vec<u8>) {
         if complete && !self.pending.is_empty() {
-            admit_entry(&self.pending, cursor, out);
+            self.admit_entry(0..self.pending.len(), cursor, out);
         }
         if complete && self.streaming.is_some() {
             cursor.partial = None;
@@ -257,32 +396,36 @@ fn split_stamp(entry: &[u8]) -> Option<(Timestamp, &[u8])> {
     Some((ts, &entry[at + 1..]))
 }
 
-fn admit_entry(entry: &[u8], cursor: &mut LogCursor, out: &mut Vec<u8>) {
-    match split_stamp(entry) {
-        Some((ts, text)) => match cursor.admit(ts) {
-            Admit::Deliver => out.extend_from_slice(text),
-            Admit::ResumeAfter(from) => {
-                let skip = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
-                out.extend_from_slice(&text[skip..]);
-                cursor.partial = None;
-            }
-            Admit::Drop => {}
-        },
-        // Not a stamped entry (a server that ignores `timestamps`): deliver it as is.
-        None => out.extend_from_slice(entry),
-    }
-}
-
-/// Failed to read a container's log; maps to `k8s_api_unreachable` or `k8s_forbidden`.
+/// Failed to read a container's log; maps to `k8s_forbidden` or `k8s_api_unreachable`.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LogError {
-    /// The API refused the log read in a way retrying cannot fix.
-    #[error("failed to read the log of pod {pod}: {source}")]
-    Api {
+    /// The API refused every log read for the whole bound.
+    #[error("failed to read the log of pod {pod}: refused for {secs} s: {source}")]
+    Refused {
         pod: String,
+        secs: u64,
         #[source]
         source: kube::Error,
     },
+}
+
+impl LogError {
+    /// The run's error for it: `k8s_forbidden` for a 401/403, else `k8s_api_unreachable`.
+    pub(crate) fn to_run_error(&self) -> RunError {
+        let Self::Refused { pod, secs, source } = self;
+        let what = format!("read the output of pod {pod} (refused for {secs} s)");
+        let error = RunError::api(ErrorCode::K8sApiUnreachable, &what, source);
+        match source {
+            kube::Error::Api(status) if status.code == 401 => RunError::new(
+                ErrorCode::K8sForbidden,
+                format!(
+                    "failed to {what}: {} (401); check the engine's credentials",
+                    status.message
+                ),
+            ),
+            _ => error,
+        }
+    }
 }
 
 /// Output newly delivered, and the cursor after it.
@@ -303,18 +446,26 @@ pub(crate) struct FollowStats {
 
 /// Follow `container` of `pod` until it has terminated and everything it wrote was delivered to
 /// `out` exactly once, in order (the bounded channel carries backpressure from the sink back to
-/// the reads). `state` comes from the pod watch.
+/// the reads). `state` comes from the pod watch. The API refusing every read for `refused`
+/// fails the follow.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the follower's inputs are independent"
+)]
 pub(crate) async fn follow(
     pods: &Api<Pod>,
     pod: &str,
     container: &str,
     cursor: &mut LogCursor,
     mut state: watch::Receiver<ContainerState>,
+    refused: Duration,
     cancel: &CancellationToken,
     out: &mpsc::Sender<Chunk>,
 ) -> Result<FollowStats, LogError> {
     let mut stats = FollowStats::default();
     let mut retry = Backoff::default();
+    // Since when every request was refused (none got through).
+    let mut refused_since: Option<tokio::time::Instant> = None;
     loop {
         let current = *state.borrow_and_update();
         match current {
@@ -344,6 +495,7 @@ pub(crate) async fn follow(
         let before = stats.bytes;
         let read = match opened {
             Ok(reader) => {
+                refused_since = None;
                 read_connection(reader, last_read, cursor, cancel, out, &mut stats.bytes).await
             }
             Err(err) => Err(classify(err)),
@@ -354,11 +506,17 @@ pub(crate) async fn follow(
         match read {
             Ok(()) if last_read => return Ok(stats),
             Ok(()) => {}
-            Err(ReadFailure::Fatal(source)) => {
-                return Err(LogError::Api {
-                    pod: pod.to_owned(),
-                    source,
-                });
+            Err(ReadFailure::Refused(source)) => {
+                let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= refused {
+                    return Err(LogError::Refused {
+                        pod: pod.to_owned(),
+                        secs: refused.as_secs(),
+                        source,
+                    });
+                }
+                tracing::warn!(pod, error = %source, "log read refused, retrying");
+                retry.failed();
             }
             Err(ReadFailure::Transient(reason)) => {
                 tracing::warn!(pod, %reason, "log stream failed, reconnecting");
@@ -369,11 +527,13 @@ pub(crate) async fn follow(
         }
         // A stream that ended (cut, or the container just exited): wait briefly — or until the
         // pod watch reports a change — before the next connection, growing the pause while
-        // connections deliver nothing so a misbehaving kubelet is not hammered.
+        // connections deliver nothing so a misbehaving kubelet is not hammered. A refused read
+        // is retried on its own schedule: a pod update does not make the API answer sooner.
+        let refusing = refused_since.is_some();
         tokio::select! {
             () = cancel.cancelled() => return Ok(stats),
             () = tokio::time::sleep(retry.next()) => {},
-            _ = state.changed() => {},
+            _ = state.changed(), if !refusing => {},
         }
     }
 }
@@ -413,6 +573,7 @@ pub async fn follow_pod_output(
             CONTAINER_NAME,
             &mut cursor,
             state_rx,
+            REFUSED,
             cancel,
             &tx,
         );
@@ -450,13 +611,13 @@ pub async fn follow_pod_output(
         })
         .await;
     }
-    finished
-        .map(drop)
-        .map_err(|err| RunError::new(ErrorCode::K8sForbidden, err.to_string()))
+    finished.map(drop).map_err(|err| err.to_run_error())
 }
 
 enum ReadFailure {
-    Fatal(kube::Error),
+    /// The API refused the request (401/403, 429, 5xx) or could not be reached: retried for a
+    /// bounded time, an API server restarting answers 403 for a few seconds.
+    Refused(kube::Error),
     Transient(String),
     /// The pod is gone (deleted with its Job): there is nothing more to read.
     Gone,
@@ -466,8 +627,13 @@ enum ReadFailure {
 fn classify(err: kube::Error) -> ReadFailure {
     match &err {
         kube::Error::Api(status) if status.code == 404 => ReadFailure::Gone,
-        kube::Error::Api(status) if matches!(status.code, 401 | 403) => ReadFailure::Fatal(err),
-        _ => ReadFailure::Transient(err.to_string()),
+        kube::Error::Api(status)
+            if matches!(status.code, 401 | 403 | 429) || status.code >= 500 =>
+        {
+            ReadFailure::Refused(err)
+        }
+        kube::Error::Api(_) => ReadFailure::Transient(err.to_string()),
+        _ => ReadFailure::Refused(err),
     }
 }
 
@@ -505,6 +671,17 @@ async fn read_connection(
                 lines.end(false, cursor, &mut chunk);
                 Some(Err(ReadFailure::Transient(err.to_string())))
             }
+        };
+        // The kubelet's own words (the stream is over): what came before is delivered, the
+        // connection counts as failed.
+        let result = match lines.take_foreign() {
+            Some(text) => {
+                lines.end(false, cursor, &mut chunk);
+                Some(Err(ReadFailure::Transient(format!(
+                    "the log endpoint answered with text that is not the container's output: {text}"
+                ))))
+            }
+            None => result,
         };
         if !chunk.is_empty() {
             *delivered += chunk.len() as u64;
@@ -589,7 +766,7 @@ mod tests {
             &mut cursor,
         );
         assert_eq!(first, "a\nb\n");
-        assert_eq!(cursor.reconnect(), Some(ts("2026-11-27T14:37:43Z")));
+        assert_eq!(cursor.reconnect(), Some(ts("2026-11-27T14:37:41Z")));
         // The server sends the whole boundary second again.
         let second = run(
             &[
@@ -685,7 +862,7 @@ mod tests {
         run(&[&format!("{t} one\n{t} two\n")], false, &mut cursor);
         let checkpoint = cursor.checkpoint().unwrap();
         let mut restored = LogCursor::from_checkpoint(&checkpoint).unwrap();
-        assert_eq!(restored.reconnect(), Some(ts("2026-11-27T14:37:43Z")));
+        assert_eq!(restored.reconnect(), Some(ts("2026-11-27T14:37:41Z")));
         assert_eq!(
             run(
                 &[&format!("{t} one\n{t} two\n{t} three\n")],
@@ -778,6 +955,148 @@ mod tests {
             &mut cursor,
         );
         assert_eq!(out, "new\n");
+    }
+
+    /// A log file of `(timestamp, line)` in file order, served like the kubelet: each entry
+    /// filtered on its own by `sinceTime` truncated to the second, the file's order kept.
+    fn serve(file: &[(&str, String)], since: Option<Timestamp>) -> String {
+        let bound = since.map(floor_to_second);
+        file.iter()
+            .filter(|(t, _)| bound.is_none_or(|b| ts(t) >= b))
+            .map(|(t, line)| format!("{t} {line}\n"))
+            .collect()
+    }
+
+    /// stdout and stderr stamped each on its own and merged: later entries may carry earlier
+    /// timestamps, across a second boundary too (as measured on v1.36 with containerd).
+    fn interleaved() -> Vec<(&'static str, String)> {
+        let stamps = [
+            "2026-11-27T14:37:42.900000000Z",
+            "2026-11-27T14:37:42.999000000Z",
+            "2026-11-27T14:37:42.998000000Z",
+            "2026-11-27T14:37:43.001000000Z",
+            "2026-11-27T14:37:42.999500000Z",
+            "2026-11-27T14:37:43.500000000Z",
+            "2026-11-27T14:37:43.500000000Z",
+            "2026-11-27T14:37:43.499000000Z",
+            "2026-11-27T14:37:44.000000001Z",
+            "2026-11-27T14:37:43.999000000Z",
+            "2026-11-27T14:37:45.100000000Z",
+            "2026-11-27T14:37:46.200000000Z",
+            "2026-11-27T14:37:46.100000000Z",
+            "2026-11-27T14:37:47.300000000Z",
+        ];
+        stamps
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, format!("line-{i}")))
+            .collect()
+    }
+
+    fn all_lines(file: &[(&str, String)]) -> String {
+        file.iter().map(|(_, line)| format!("{line}\n")).collect()
+    }
+
+    #[test]
+    fn entries_stamped_earlier_than_the_one_before_are_delivered() {
+        let file = interleaved();
+        let mut cursor = LogCursor::default();
+        assert_eq!(cursor.reconnect(), None);
+        let out = run(&[&serve(&file, None)], true, &mut cursor);
+        assert_eq!(out, all_lines(&file), "nothing dropped for its timestamp");
+    }
+
+    #[test]
+    fn a_reconnect_after_out_of_order_entries_continues_exactly_after_them() {
+        let file = interleaved();
+        // Cut the connection after every possible entry, twice in a row.
+        for first in 0..=file.len() {
+            for second in first..=file.len() {
+                let mut cursor = LogCursor::default();
+                let mut out = String::new();
+                for cut in [first, second] {
+                    let since = cursor.reconnect();
+                    let answer = serve(&file, since);
+                    let delivered_before = out.lines().count();
+                    let upto: String = answer
+                        .split_inclusive('\n')
+                        .take(cut.saturating_sub(delivered_before) + answer_prefix(&answer, &out))
+                        .collect();
+                    out += &run(&[&upto], false, &mut cursor);
+                }
+                let since = cursor.reconnect();
+                out += &run(&[&serve(&file, since)], true, &mut cursor);
+                assert_eq!(out, all_lines(&file), "cut after {first} then {second}");
+            }
+        }
+    }
+
+    /// How many entries of `answer` were already delivered in `out` (they come back first).
+    fn answer_prefix(answer: &str, out: &str) -> usize {
+        let delivered: Vec<&str> = out.lines().collect();
+        answer
+            .lines()
+            .filter_map(|entry| entry.split_once(' ').map(|(_, line)| line))
+            .filter(|line| delivered.contains(line))
+            .count()
+    }
+
+    #[test]
+    fn a_checkpoint_taken_anywhere_resumes_without_loss_or_repeat() {
+        let file = interleaved();
+        for cut in 0..=file.len() {
+            let mut cursor = LogCursor::default();
+            cursor.reconnect();
+            let head: String = serve(&file, None).split_inclusive('\n').take(cut).collect();
+            let mut out = run(&[&head], false, &mut cursor);
+            let mut restored = match cursor.checkpoint() {
+                Some(checkpoint) => LogCursor::from_checkpoint(&checkpoint).unwrap(),
+                None => LogCursor::default(),
+            };
+            // The restored cursor is cut once more before it relearned its window.
+            let since = restored.reconnect();
+            let partial: String = serve(&file, since).split_inclusive('\n').take(1).collect();
+            out += &run(&[&partial], false, &mut restored);
+            let since = restored.reconnect();
+            out += &run(&[&serve(&file, since)], true, &mut restored);
+            assert_eq!(out, all_lines(&file), "checkpoint after {cut} entries");
+        }
+    }
+
+    #[test]
+    fn the_window_of_delivered_timestamps_stays_bounded() {
+        let mut cursor = LogCursor::default();
+        let start = ts("2026-11-27T14:00:00Z");
+        let mut conn = String::new();
+        for i in 0..10_000_i64 {
+            let t = start
+                .checked_add(SignedDuration::from_millis(i * 10))
+                .unwrap();
+            conn += &format!("{t} line-{i}\n");
+        }
+        run(&[&conn], false, &mut cursor);
+        // 100 entries a second, kept for the margin and one second more.
+        assert!(cursor.window.len() <= 400, "{}", cursor.window.len());
+        assert_eq!(cursor.reconnect(), Some(ts("2026-11-27T14:01:37Z")));
+        assert_eq!(cursor.skip, 300);
+    }
+
+    #[test]
+    fn text_without_a_timestamp_is_not_output() {
+        let mut cursor = LogCursor::default();
+        let mut lines = StampedLines::default();
+        let mut out = Vec::new();
+        lines.feed(
+            b"2026-11-27T14:37:43.1Z real\nunable to retrieve container logs for containerd://0123abcd",
+            &mut cursor,
+            &mut out,
+        );
+        lines.end(true, &mut cursor, &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "real\n");
+        assert_eq!(
+            lines.take_foreign().as_deref(),
+            Some("unable to retrieve container logs for containerd://0123abcd")
+        );
     }
 
     #[test]

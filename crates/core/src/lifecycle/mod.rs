@@ -67,6 +67,10 @@ pub struct Bounds {
     /// A container may wait this long in ErrImagePull/ImagePullBackOff or a container config
     /// error (the kubelet retries; a missing Secret can still be created) before the run fails.
     pub blocked: Duration,
+    /// The API may refuse every read of the agent's output (403 while an API server's authorizer
+    /// warms up after a restart, 5xx, no connection) this long before the run fails with
+    /// `k8s_forbidden` or `k8s_api_unreachable`.
+    pub refused: Duration,
 }
 
 impl Default for Bounds {
@@ -81,6 +85,7 @@ impl Default for Bounds {
             unschedulable: Duration::from_secs(60),
             blocked: Duration::from_secs(30),
             settle: Duration::from_secs(30),
+            refused: logs::REFUSED,
         }
     }
 }

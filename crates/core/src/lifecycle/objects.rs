@@ -1,6 +1,7 @@
 //! Creating and deleting a run's objects: the Secret first, then the Job, then the Secret's
 //! owner reference to the Job (a JSON merge patch, so Kubernetes garbage-collects the Secret
-//! with its Job). A Job the API refuses takes its Secret with it.
+//! with its Job). A step the API refuses takes back what the earlier steps created; whatever
+//! cannot be removed is named in the error, so nothing is left behind unnoticed.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -63,17 +64,13 @@ pub(crate) async fn create(
             existing
         }
         Err(err) => {
-            let params = DeleteParams::default();
-            if let Err(cleanup) =
-                retry("delete the Secret", || secrets.delete(&name, &params)).await
-            {
-                tracing::warn!(secret = %name, error = %cleanup, "failed to remove the Secret of a Job that was not created");
-            }
-            return Err(RunError::api(
+            let left = take_back(client, namespace, &name, false).await;
+            let error = RunError::api(
                 ErrorCode::K8sJobCreateFailed,
                 &format!("create Job {namespace}/{name}"),
                 &err,
-            ));
+            );
+            return Err(with_leftovers(error, &left));
         }
     };
     let owner = json!({
@@ -92,20 +89,42 @@ pub(crate) async fn create(
     {
         // Without the owner reference the Secret (prompt, agent token) would outlive its Job:
         // take both back rather than leave a Job nobody follows.
-        if let Err(cleanup) = delete_job(client, namespace, &name, false).await {
-            tracing::warn!(job = %name, error = %cleanup, "failed to remove a Job whose Secret could not be owned");
-        }
-        let params = DeleteParams::default();
-        if let Err(cleanup) = retry("delete the Secret", || secrets.delete(&name, &params)).await {
-            tracing::warn!(secret = %name, error = %cleanup, "failed to remove a Secret that could not be owned");
-        }
-        return Err(RunError::api(
+        let left = take_back(client, namespace, &name, true).await;
+        let error = RunError::api(
             ErrorCode::K8sJobCreateFailed,
             &format!("set the owner of Secret {namespace}/{name}"),
             &err,
-        ));
+        );
+        return Err(with_leftovers(error, &left));
     }
     Ok(job)
+}
+
+/// Remove what a failed [`create`] made: the Job (with `job`) and the Secret. Returns what could
+/// not be removed, each with why.
+async fn take_back(client: &kube::Client, namespace: &str, name: &str, job: bool) -> Vec<String> {
+    let mut left = Vec::new();
+    if job && let Err(err) = delete_job(client, namespace, name, false).await {
+        tracing::warn!(job = %name, error = %err, "failed to remove a Job of a failed run");
+        left.push(format!("Job {namespace}/{name} ({})", err.message));
+    }
+    if let Err(err) = delete_secret(client, namespace, name).await {
+        tracing::warn!(secret = %name, error = %err, "failed to remove a Secret of a failed run");
+        left.push(format!("Secret {namespace}/{name} ({})", err.message));
+    }
+    left
+}
+
+/// The error, saying what the run created and could not remove.
+fn with_leftovers(mut error: RunError, left: &[String]) -> RunError {
+    if !left.is_empty() {
+        error.message = format!(
+            "{}; this run created objects it could not remove, delete them: {}",
+            error.message,
+            left.join("; ")
+        );
+    }
+    error
 }
 
 /// Delete a Job and (through the owner reference) its Secret. `Foreground` waits for the pod

@@ -120,6 +120,8 @@ pub(crate) struct Harvest {
     pub(crate) exit: Option<Exit>,
     pub(crate) job_end: Option<JobEnd>,
     pub(crate) blocker: Option<Blocker>,
+    /// The agent's output could not be read completely (the API refused, the kubelet failed).
+    pub(crate) output_error: Option<Blocker>,
     pub(crate) cancelled: bool,
     pub(crate) vanished: bool,
     pub(crate) hung_resume: bool,
@@ -138,8 +140,8 @@ impl Harvest {
         next
     }
 
-    /// Status, error code and message, in the order that decides them: a cancel, a blocker, the
-    /// container's own exit (an exit 0 is success whatever any timer thought), then the Job.
+    /// Status, error code and message, in the order that decides them: a cancel, a blocker, output
+    /// that could not be read completely, the container's own exit (an exit 0 is success whatever any timer thought), then the Job.
     fn judge(&self, config: &AgentConfig) -> (RunStatus, Option<ErrorCode>, Option<String>) {
         let failed =
             |code: ErrorCode, message: String| (RunStatus::Failed, Some(code), Some(message));
@@ -152,6 +154,10 @@ impl Harvest {
         }
         if let Some(blocker) = &self.blocker {
             return failed(blocker.code, blocker.message.clone());
+        }
+        // Whatever the exit code: a result read from incomplete output is not a success.
+        if let Some(error) = &self.output_error {
+            return failed(error.code, error.message.clone());
         }
         let deadline = matches!(&self.job_end, Some(JobEnd::Failed { reason, .. }) if reason == "DeadlineExceeded");
         let timed_out = || {

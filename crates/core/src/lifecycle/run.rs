@@ -34,6 +34,11 @@ use crate::parse::{OutputParser, RunOutput};
 /// Job's; wait this long for the pod before concluding there was none.
 const POD_GRACE: Duration = Duration::from_secs(3);
 
+/// A container that exited non-zero before the Job's `FailureTarget` was seen: wait this long
+/// for it (a deadline writes it before killing the pod, but the Job watch is a separate stream),
+/// so a timeout is not reported as a plain failure. An exit 0 needs no Job condition.
+const JOB_TARGET_GRACE: Duration = Duration::from_millis(500);
+
 pub(super) struct Run<'a> {
     engine: &'a Engine,
     request: RunRequest,
@@ -513,7 +518,11 @@ impl<'a> Run<'a> {
                             () = self.cancel.cancelled() => follow.cancelled = true,
                         }
                     }
-                    None => follow.logs_ended().await,
+                    None => {
+                        if let Some(notice) = follow.logs_ended().await {
+                            self.notice(notice).await;
+                        }
+                    }
                 },
                 update = sub.recv() => match update {
                     Some(update) => self.apply(target, &mut follow, update).await,
@@ -528,7 +537,7 @@ impl<'a> Run<'a> {
         match update {
             Update::Job(job) => {
                 if follow.job_end.is_none()
-                    && let Some(end) = status::job_end(&job)
+                    && let Some(end) = status::job_outcome(&job)
                 {
                     follow.job_end = Some(end);
                     follow.settle_from.get_or_insert_with(Instant::now);
@@ -586,7 +595,11 @@ impl<'a> Run<'a> {
         harvest: &Harvest,
     ) {
         let ns = &target.namespace;
-        let stop = harvest.cancelled || harvest.hung_resume || harvest.blocker.is_some();
+        // An agent nobody can read any more is stopped too: its run has failed.
+        let stop = harvest.cancelled
+            || harvest.hung_resume
+            || harvest.blocker.is_some()
+            || harvest.output_error.is_some();
         if stop {
             match objects::delete_job(&target.client, ns, job_name, true).await {
                 Ok(true) => {}
@@ -677,6 +690,7 @@ enum Done {
     Cancelled,
     Blocked,
     HungResume,
+    OutputLost,
     Vanished,
 }
 
@@ -698,7 +712,10 @@ struct Follow {
     logs_done: bool,
     parser: OutputParser,
     exit: Option<Exit>,
+    exited_at: Option<Instant>,
     job_end: Option<JobEnd>,
+    /// The output could not be read completely: the run cannot succeed.
+    output_error: Option<Blocker>,
     blocker: Option<Blocker>,
     /// A blocker seen in the pod's status, and when it becomes fatal if it lasts.
     pending: Option<(Blocker, Instant)>,
@@ -728,7 +745,9 @@ impl Follow {
             logs_done: false,
             parser: OutputParser::new(),
             exit: None,
+            exited_at: None,
             job_end: None,
+            output_error: None,
             blocker: None,
             pending: None,
             scale_up: false,
@@ -749,24 +768,31 @@ impl Follow {
         }
     }
 
-    async fn logs_ended(&mut self) {
+    /// The follower finished; returns the run-log notice when it failed.
+    async fn logs_ended(&mut self) -> Option<String> {
         self.log_rx = None;
         self.logs_done = true;
-        if let Some(task) = self.log_task.take() {
-            match task.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => self
-                    .parser
-                    .feed(format!("\n[opencode-k8s] {err}\n").as_bytes()),
-                Err(err) => tracing::error!(error = %err, "log follower panicked"),
-            }
-        }
+        let error = match self.log_task.take()?.await {
+            Ok(Ok(_)) => return None,
+            Ok(Err(err)) => err.to_run_error(),
+            Err(err) => RunError::new(
+                ErrorCode::AdapterInternal,
+                format!("the log follower failed: {err}; the output is incomplete"),
+            ),
+        };
+        let notice = format!("{}; the output after that point is missing", error.message);
+        self.output_error = Some(Blocker {
+            code: error.code,
+            message: error.message,
+        });
+        Some(notice)
     }
 
     fn start_logs(&mut self, pods: Api<Pod>, pod: String) {
         let (tx, rx) = mpsc::channel::<Chunk>(1);
         let state = self.state_tx.subscribe();
         let cancel = self.log_cancel.clone();
+        let refused = self.bounds.refused;
         let mut cursor = std::mem::take(&mut self.cursor);
         self.log_rx = Some(rx);
         self.log_task = Some(tokio::spawn(async move {
@@ -776,6 +802,7 @@ impl Follow {
                 CONTAINER_NAME,
                 &mut cursor,
                 state,
+                refused,
                 &cancel,
                 &tx,
             )
@@ -797,6 +824,7 @@ impl Follow {
             && let Some(exit) = status::container_exit(pod, CONTAINER_NAME)
         {
             self.exit = Some(exit);
+            self.exited_at = Some(Instant::now());
             self.settle_from.get_or_insert_with(Instant::now);
         }
         logs::set_state(&self.state_tx, state);
@@ -890,7 +918,11 @@ impl Follow {
         if self.hung_resume {
             return Some(Done::HungResume);
         }
-        let logs_complete = self.log_task.is_none() && self.log_rx.is_none() || self.logs_done;
+        // The output cannot be read: nothing later can make the run a success.
+        if self.output_error.is_some() {
+            return Some(Done::OutputLost);
+        }
+        let logs_complete = self.logs_complete();
         let pod_over = *self.state_tx.borrow() == ContainerState::Gone || self.exit.is_some();
         if self.vanished && (logs_complete || !pod_over) {
             return Some(if self.exit.is_some() {
@@ -901,7 +933,14 @@ impl Follow {
         }
         let settled = self.waited(self.bounds.settle);
         match (&self.job_end, &self.exit) {
-            (Some(_), Some(_)) if logs_complete => Some(Done::Finished),
+            // The container's terminated state decides, as soon as its output is read: v1.36
+            // writes `Complete`/`Failed` only after the pod's finalizer is gone, seconds later.
+            (job_end, Some(exit))
+                if logs_complete
+                    && (exit.code == 0 || job_end.is_some() || self.exited(JOB_TARGET_GRACE)) =>
+            {
+                Some(Done::Finished)
+            }
             // A Job that ended without its container ever running (deadline while pending).
             (Some(_), None)
                 if self.started_at.is_none()
@@ -914,6 +953,16 @@ impl Follow {
             _ if settled => Some(Done::Finished),
             _ => None,
         }
+    }
+
+    /// Everything the container wrote was delivered, or no follower was ever needed.
+    fn logs_complete(&self) -> bool {
+        self.log_task.is_none() && self.log_rx.is_none() || self.logs_done
+    }
+
+    /// Whether `grace` has passed since the container exited.
+    fn exited(&self, grace: Duration) -> bool {
+        self.exited_at.is_some_and(|at| at.elapsed() >= grace)
     }
 
     /// Whether `grace` has passed since the Job or the container ended.
@@ -940,6 +989,11 @@ impl Follow {
         let mut deadlines = vec![far];
         if let Some((_, at)) = &self.pending {
             deadlines.push(*at);
+        }
+        if let Some(at) = self.exited_at
+            && self.job_end.is_none()
+        {
+            deadlines.push(at + JOB_TARGET_GRACE);
         }
         if let Some(from) = self.settle_from {
             deadlines.push(from + self.bounds.settle);
@@ -1000,6 +1054,20 @@ impl Follow {
     }
 
     fn harvest(mut self, done: Done) -> Harvest {
+        if done == Done::Finished
+            && self.exit.is_some()
+            && !self.logs_complete()
+            && self.output_error.is_none()
+        {
+            self.output_error = Some(Blocker {
+                code: ErrorCode::K8sApiUnreachable,
+                message: format!(
+                    "the output of pod {} could not be read completely within {} s of the container's end; check the cluster API and the kubelet",
+                    self.pod_name.as_deref().unwrap_or_default(),
+                    self.bounds.settle.as_secs()
+                ),
+            });
+        }
         self.log_cancel.cancel();
         if let Some(task) = self.log_task.take() {
             task.abort();
@@ -1010,6 +1078,7 @@ impl Follow {
             exit: self.exit,
             job_end: self.job_end,
             blocker: self.blocker,
+            output_error: self.output_error,
             cancelled: done == Done::Cancelled,
             vanished: done == Done::Vanished,
             hung_resume: done == Done::HungResume,

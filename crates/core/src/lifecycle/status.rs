@@ -30,10 +30,41 @@ pub(crate) fn job_end(job: &Job) -> Option<JobEnd> {
         })
 }
 
+/// How the Job ended or is ending: `Complete`/`Failed`, or already v1.36's `SuccessCriteriaMet` /
+/// `FailureTarget` written before them (the pod may still be terminating). Enough to judge a
+/// run whose container has exited; not for deciding the agent is free again.
+pub(crate) fn job_outcome(job: &Job) -> Option<JobEnd> {
+    job_end(job).or_else(|| {
+        let conditions = job.status.as_ref()?.conditions.as_ref()?;
+        conditions
+            .iter()
+            .filter(|c| c.status == "True")
+            .find_map(|c| match c.type_.as_str() {
+                "SuccessCriteriaMet" => Some(JobEnd::Complete),
+                "FailureTarget" => Some(JobEnd::Failed {
+                    reason: c.reason.clone().unwrap_or_default(),
+                    message: c.message.clone().unwrap_or_default(),
+                }),
+                _ => None,
+            })
+    })
+}
+
 /// A Job still counts against its agent's one-run-at-a-time limit: not finished, or being
-/// deleted (its pod may still be running).
+/// deleted (its pod may still be running). v1.36 writes `Complete`/`Failed` seconds after the
+/// pod ended; `SuccessCriteriaMet`, or a `FailureTarget` for a pod that already failed, means its
+/// agent is over already (only a deadline's `FailureTarget` comes while the pod is being killed).
 pub(crate) fn job_occupies_agent(job: &Job) -> bool {
-    job.metadata.deletion_timestamp.is_some() || job_end(job).is_none()
+    if job.metadata.deletion_timestamp.is_some() {
+        return true;
+    }
+    match job_outcome(job) {
+        None => true,
+        Some(JobEnd::Complete) => false,
+        Some(JobEnd::Failed { reason, .. }) => {
+            job_end(job).is_none() && reason == "DeadlineExceeded"
+        }
+    }
 }
 
 /// How the agent container ended.
@@ -199,7 +230,27 @@ mod tests {
             None,
             "FailureTarget alone is not terminal"
         );
-        assert!(job_occupies_agent(&target_only));
+        assert!(
+            matches!(job_outcome(&target_only), Some(JobEnd::Failed { reason, .. }) if reason == "DeadlineExceeded"),
+            "but it tells how the Job ends"
+        );
+        assert!(
+            job_occupies_agent(&target_only),
+            "a deadline's pod is still being killed"
+        );
+        let mut backoff = target_only.clone();
+        let conditions = backoff
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap();
+        conditions[0].reason = Some("BackoffLimitExceeded".into());
+        assert!(
+            !job_occupies_agent(&backoff),
+            "the pod of a Job failing for its exit has ended"
+        );
         let created: Job = fixture("02-create-job.json");
         assert_eq!(job_end(&created), None);
     }

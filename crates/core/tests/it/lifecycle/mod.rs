@@ -5,6 +5,7 @@ mod doctor;
 mod faults;
 mod gc;
 mod guard;
+mod reality;
 mod requests;
 mod restarts;
 mod runs;
