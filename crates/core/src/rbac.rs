@@ -137,6 +137,14 @@ pub const RULES: &[Rule] = &[
         "patch",
         "set the Secret's ownerReference to its Job (JSON merge patch) so it is garbage-collected with it",
     ),
+    Rule {
+        group: "networking.k8s.io",
+        resource: "networkpolicies",
+        verb: "create",
+        scope: Scope::Namespaced,
+        optional: true,
+        why: "create the run's default-deny egress NetworkPolicy; only agents with `networkPolicy: true` need it",
+    },
     rule(
         "",
         "events",

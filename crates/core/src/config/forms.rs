@@ -104,6 +104,55 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A nested group (`resources`) present but not an object would silently give every field
+    /// under it its default: refuse it by name.
+    pub(super) fn object_parent(&mut self, path: &str) {
+        let mut parts = path.split('.');
+        let first = parts.next().and_then(|p| self.obj.get(p));
+        let value = parts
+            .try_fold(first, |v, part| Some(v?.as_object()?.get(part)))
+            .flatten();
+        if let Some(value) = value
+            && !value.is_object()
+            && !value.is_null()
+            && !value.as_str().is_some_and(|s| s.trim().is_empty())
+        {
+            self.fail_with(path, show(value), "an object of the fields below it".into());
+        }
+    }
+
+    /// `networkPolicyEgress`: `CIDR` or `CIDR:port[,port...]` entries, as an array or text
+    /// separated by whitespace or new lines.
+    pub(super) fn egress(&mut self, name: &str) -> Vec<super::EgressRule> {
+        let Some(value) = self.raw(name) else {
+            return Vec::new();
+        };
+        let items: Vec<(String, Value)> = match value {
+            Value::String(text) => text
+                .split_whitespace()
+                .enumerate()
+                .map(|(i, s)| (format!("{name}[{i}]"), Value::String(s.to_owned())))
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{name}[{i}]"), v.clone()))
+                .collect(),
+            other => {
+                self.fail(name, show(other));
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        for (path, item) in items {
+            match item.as_str().and_then(parse_egress) {
+                Some(rule) => rules.push(rule),
+                None => self.fail_with(&path, show(&item), spec(name).accepted.into()),
+            }
+        }
+        rules
+    }
+
     /// Records an error at a table field with the table's accepted text.
     pub(super) fn fail(&mut self, name: &str, value: String) {
         self.fail_with(name, value, spec(name).accepted.to_owned());
@@ -386,7 +435,7 @@ impl<'a> Reader<'a> {
             if !syntax::is_qualified_name(&key) {
                 self.fail_with(&path, show_str(&key), "a label key: [prefix/]name, name up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric".into());
             } else if reserved(&key) {
-                self.fail_with(&path, show_str(&key), "a label key not set by opencode-k8s itself (app.kubernetes.io/managed-by, app.kubernetes.io/name, opencode-k8s.dev/*)".into());
+                self.fail_with(&path, show_str(&key), "a label key outside the reserved prefixes (kubernetes.io/, k8s.io/, paperclip.io/ and their subdomains, opencode-k8s.dev/) and not app.kubernetes.io/managed-by or app.kubernetes.io/name".into());
             } else if !syntax::is_label_value(&text) {
                 self.fail_with(&path, show_str(&text), "a label value: up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric, or empty".into());
             } else {
@@ -583,6 +632,37 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `CIDR[:port[,port...]]`; an IPv6 CIDR takes ports after `]:` (`[::/0]:443`).
+fn parse_egress(text: &str) -> Option<super::EgressRule> {
+    let (cidr, ports) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((cidr, "")) => (cidr, None),
+            Some((cidr, ports)) => (cidr, Some(ports.strip_prefix(':')?)),
+            None => return None,
+        },
+        None if text.matches(':').count() > 1 => (text, None),
+        None => match text.split_once(':') {
+            Some((cidr, ports)) => (cidr, Some(ports)),
+            None => (text, None),
+        },
+    };
+    let (addr, prefix) = cidr.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    prefix.parse::<u8>().ok().filter(|p| *p <= max)?;
+    let ports = match ports {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0))
+            .collect::<Option<Vec<_>>>()?,
+    };
+    Some(super::EgressRule {
+        cidr: cidr.to_owned(),
+        ports,
+    })
+}
+
 /// Position in [`FIELDS`](super::FIELDS) of the field a path belongs to.
 fn field_index(path: &str) -> usize {
     super::FIELDS
@@ -731,6 +811,28 @@ mod tests {
         let shown = show(&Value::String("x".repeat(200)));
         assert_eq!(shown.chars().count(), SHOWN_CHARS + 1);
         assert!(shown.ends_with('…'));
+    }
+
+    #[test]
+    fn egress_entries() {
+        let rule = parse_egress("10.0.0.0/8:443,8443").unwrap();
+        assert_eq!(
+            (rule.cidr.as_str(), rule.ports),
+            ("10.0.0.0/8", vec![443, 8443])
+        );
+        assert_eq!(parse_egress("0.0.0.0/0").unwrap().ports, Vec::<u16>::new());
+        assert_eq!(parse_egress("[::/0]:443").unwrap().cidr, "::/0");
+        assert_eq!(parse_egress("fd00::/8").unwrap().cidr, "fd00::/8");
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "host:443",
+            "10.0.0.0/8:0",
+            "10.0.0.0/8:x",
+            "[::/0",
+        ] {
+            assert!(parse_egress(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

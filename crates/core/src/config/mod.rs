@@ -11,6 +11,7 @@
 
 mod fields;
 mod forms;
+pub mod kubeconfig;
 mod quantity;
 pub mod syntax;
 
@@ -39,7 +40,7 @@ pub const ENGINE_OWNED_ENV: &[(&str, &str)] = &[
     ),
     (
         "HOME",
-        "HOME is the shared volume `/paperclip` so sessions persist",
+        "HOME is the agent's own state directory on the shared volume, so sessions persist",
     ),
     (
         "OPENCODE_DISABLE_PROJECT_CONFIG",
@@ -140,7 +141,8 @@ pub struct AgentConfig {
     pub model: String,
     /// `--variant`.
     pub variant: Option<String>,
-    /// Namespace of the agent's Jobs; `None` means the engine's default namespace.
+    /// Namespace of the agent's Jobs, possibly with a [`COMPANY_ID_PLACEHOLDER`]; `None` means
+    /// the engine's default namespace. Use [`AgentConfig::namespace_for`].
     pub namespace: Option<String>,
     /// Image override; `None` means the Paperclip pod's image.
     pub image: Option<String>,
@@ -180,12 +182,43 @@ pub struct AgentConfig {
     pub dangerously_skip_permissions: bool,
     /// Resume the saved session when the cwd is unchanged.
     pub resume_last_session: bool,
+    /// RuntimeClass of the agent pod (a sandboxed runtime such as gVisor or Kata).
+    pub runtime_class_name: Option<String>,
+    /// Create a default-deny egress NetworkPolicy for each run.
+    pub network_policy: bool,
+    /// Egress the NetworkPolicy allows besides DNS and the Paperclip API.
+    pub network_policy_egress: Vec<EgressRule>,
+    /// Make the container's root filesystem read-only (with writable emptyDirs where needed).
+    pub read_only_root_filesystem: bool,
     /// Agent instructions file (read by the host).
     pub instructions_file_path: Option<String>,
     /// Working directory when the run has none.
     pub cwd: Option<String>,
     /// Pod-reachable Paperclip API URL.
     pub paperclip_api_url: Option<String>,
+}
+
+/// Placeholder in `namespace` replaced by the run's company id: one namespace per company.
+pub const COMPANY_ID_PLACEHOLDER: &str = "{companyId}";
+
+/// One egress destination the run's NetworkPolicy allows: a CIDR and, optionally, TCP ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressRule {
+    /// `10.0.0.0/8`, `203.0.113.7/32`, `::/0`.
+    pub cidr: String,
+    /// TCP ports; empty means every port.
+    pub ports: Vec<u16>,
+}
+
+impl AgentConfig {
+    /// The namespace of this agent's Jobs for a company: `namespace` with
+    /// [`COMPANY_ID_PLACEHOLDER`] replaced by the company id in lowercase (ids are UUIDs).
+    /// `None` when `namespace` is unset.
+    pub fn namespace_for(&self, company_id: &str) -> Option<String> {
+        self.namespace
+            .as_deref()
+            .map(|ns| ns.replace(COMPANY_ID_PLACEHOLDER, &company_id.to_ascii_lowercase()))
+    }
 }
 
 /// One rejected value.
@@ -264,8 +297,27 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
     if r.raw("model").is_none() {
         r.fail("model", "nothing".into());
     }
-    let kubeconfig = r.text("kubeconfig", |_| true);
-    let kubeconfig_content = r.verbatim("kubeconfigContent").map(SecretString::new);
+    for parent in ["resources", "resources.requests", "resources.limits"] {
+        r.object_parent(parent);
+    }
+    let kubeconfig = r.text("kubeconfig", |s| {
+        kubeconfig::check_path(s, Some("/")).is_none()
+    });
+    let kubeconfig_content = r.verbatim("kubeconfigContent");
+    if let Some(content) = &kubeconfig_content {
+        for refusal in kubeconfig::check_content(content) {
+            let path = match refusal.path.as_str() {
+                "(root)" => "kubeconfigContent".to_owned(),
+                inner => format!("kubeconfigContent.{inner}"),
+            };
+            r.fail_with(
+                &path,
+                format!("kubeconfig text of {} bytes", content.len()),
+                refusal.why,
+            );
+        }
+    }
+    let kubeconfig_content = kubeconfig_content.map(SecretString::new);
     if kubeconfig.is_some() && kubeconfig_content.is_some() {
         r.fail(
             "kubeconfigContent",
@@ -278,7 +330,10 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
         variant: r.text("variant", |s| {
             !s.contains(char::is_whitespace) && !s.starts_with('-')
         }),
-        namespace: r.text("namespace", syntax::is_dns1123_label),
+        namespace: r.text("namespace", |s| {
+            // A company id is a lowercase UUID: check the longest name it can make.
+            syntax::is_dns1123_label(&s.replace(COMPANY_ID_PLACEHOLDER, &"0".repeat(36)))
+        }),
         image: r.text("image", |s| !s.contains(char::is_whitespace)),
         image_pull_policy: r
             .choice("imagePullPolicy")
@@ -302,17 +357,44 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
         .unwrap_or(300),
         env: r.env("env"),
         node_selector: r.label_map("nodeSelector", |_| false),
-        labels: r.label_map("labels", crate::manifest::is_adapter_label_key),
+        labels: r.label_map("labels", is_reserved_label_key),
         tolerations: r.tolerations("tolerations"),
         extra_args: r.args("extraArgs"),
         prompt_template: r.verbatim("promptTemplate"),
         bootstrap_prompt_template: r.verbatim("bootstrapPromptTemplate"),
         dangerously_skip_permissions: r.boolean("dangerouslySkipPermissions", true),
         resume_last_session: r.boolean("resumeLastSession", true),
-        instructions_file_path: r.text("instructionsFilePath", |s| !s.contains('\0')),
+        runtime_class_name: r.text("runtimeClassName", syntax::is_dns1123_subdomain),
+        network_policy: r.boolean("networkPolicy", false),
+        network_policy_egress: r.egress("networkPolicyEgress"),
+        read_only_root_filesystem: r.boolean("readOnlyRootFilesystem", false),
+        instructions_file_path: r.text("instructionsFilePath", |s| {
+            s.starts_with('/') && !s.contains('\0')
+        }),
         cwd: r.text("cwd", |s| s.starts_with('/') && !s.contains('\0')),
         paperclip_api_url: r.text("paperclipApiUrl", forms::valid_http_url),
     }
+}
+
+/// Label keys an agent config may not set: the engine's own, and the prefixes Kubernetes and
+/// Paperclip reserve (`kubernetes.io/`, `k8s.io/`, `paperclip.io/` and their subdomains), except
+/// the recommended `app.kubernetes.io/` labels the engine does not set itself.
+fn is_reserved_label_key(key: &str) -> bool {
+    if crate::manifest::is_adapter_label_key(key) {
+        return true;
+    }
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    prefix != "app.kubernetes.io"
+        && [
+            "kubernetes.io",
+            "k8s.io",
+            "paperclip.io",
+            "opencode-k8s.dev",
+        ]
+        .iter()
+        .any(|reserved| prefix == *reserved || prefix.ends_with(&format!(".{reserved}")))
 }
 
 fn read_resources(r: &mut forms::Reader<'_>) -> Resources {

@@ -170,10 +170,7 @@ mod tests {
     use super::*;
 
     fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-        let path = format!(
-            "{}/../../fixtures/kube/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/../../fixtures/kube/{name}", env!("CARGO_MANIFEST_DIR"));
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 

