@@ -813,3 +813,68 @@ fn secrets_the_operator_excludes_or_does_not_allow_are_not_inherited() {
         ]
     );
 }
+
+/// From inside an agent pod (kube-sim binds each mount at its path), the claim shows only the
+/// agent's workspace, its home and the read-only instructions; the rest of the Paperclip home —
+/// other workspaces, instance data, the secrets key — is not there. kube-sim runs pods on the
+/// host's root filesystem, so the test looks for the claim's files, not for an empty `/paperclip`.
+#[tokio::test]
+async fn from_inside_an_agent_pod_only_its_own_work_is_visible() {
+    use crate::lifecycle::{Harness, NS, request};
+    use opencode_k8s_core::lifecycle::RunStatus;
+
+    let h = Harness::start().await;
+    let claim = h.cluster.pvc_path(NS, "paperclip-data");
+    for (path, text) in [
+        ("workspaces/project/README.md", "mine"),
+        ("workspaces/other-company/secret-plan.md", "theirs"),
+        ("instances/default/secrets/master.key", "server key"),
+        ("instances/default/plugins/adapter.js", "server code"),
+        ("instructions/agent-1/AGENTS.md", "be nice"),
+    ] {
+        let file = claim.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
+    }
+    // Paperclip's own tree belongs to uid 1000 like the server's files.
+    std::process::Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(&claim)
+        .status()
+        .unwrap();
+    h.opencode(
+        "cat > /dev/null\n\
+         find /paperclip -type f 2>/dev/null | sort\n\
+         echo HOME=$HOME\n\
+         touch README.written && echo cwd-writable\n\
+         touch \"$HOME/state\" && echo home-writable\n\
+         touch /paperclip/instructions/agent-1/x 2>/dev/null || echo instructions-read-only",
+    );
+    let (result, sink) = h
+        .run(
+            request("run-ls", "agent-1"),
+            json!({"instructionsFilePath": "/paperclip/instructions/agent-1/AGENTS.md"}),
+        )
+        .await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{:?}", sink.lines());
+    let out = sink.output();
+    let home = "/paperclip/.opencode-k8s/company-1/agent-1";
+    for seen in [
+        "/paperclip/workspaces/project/README.md",
+        "/paperclip/instructions/agent-1/AGENTS.md",
+        &format!("HOME={home}"),
+        "cwd-writable",
+        "home-writable",
+        "instructions-read-only",
+    ] {
+        assert!(out.contains(seen), "{seen} missing from:\n{out}");
+    }
+    for hidden in ["secret-plan.md", "master.key", "adapter.js"] {
+        assert!(
+            !out.contains(hidden),
+            "{hidden} visible to the agent:\n{out}"
+        );
+    }
+    assert!(claim.join("workspaces/project/README.written").exists());
+    assert!(claim.join(".opencode-k8s/company-1/agent-1/state").exists());
+}
