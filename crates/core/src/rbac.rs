@@ -208,6 +208,59 @@ impl Default for RbacOptions {
     }
 }
 
+/// Who the generated binding grants the rules to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RbacSubject {
+    /// A ServiceAccount (Paperclip running in the cluster).
+    ServiceAccount {
+        /// Its name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// A user, as the API server authenticates it (a kubeconfig's client certificate CN or OIDC
+    /// name) — for Paperclip outside the cluster with a user's kubeconfig.
+    User(String),
+    /// A group of users.
+    Group(String),
+}
+
+impl RbacSubject {
+    /// The RBAC `subjects` entry.
+    pub fn to_subject(&self) -> Subject {
+        match self {
+            Self::ServiceAccount { name, namespace } => Subject {
+                kind: "ServiceAccount".into(),
+                name: name.clone(),
+                namespace: Some(namespace.clone()),
+                api_group: None,
+            },
+            Self::User(name) | Self::Group(name) => Subject {
+                kind: if matches!(self, Self::User(_)) {
+                    "User"
+                } else {
+                    "Group"
+                }
+                .into(),
+                name: name.clone(),
+                namespace: None,
+                api_group: Some("rbac.authorization.k8s.io".into()),
+            },
+        }
+    }
+
+    /// How a comment names it, e.g. `ServiceAccount paperclip/paperclip`, `User alice`.
+    fn describe(&self) -> String {
+        match self {
+            Self::ServiceAccount { name, namespace } => {
+                format!("ServiceAccount {namespace}/{name}")
+            }
+            Self::User(name) => format!("User {name}"),
+            Self::Group(name) => format!("Group {name}"),
+        }
+    }
+}
+
 /// Failed to serialize the RBAC objects (a bug: the objects are fixed shapes).
 #[derive(Debug, thiserror::Error)]
 #[error("failed to write RBAC YAML: {0}")]
@@ -250,19 +303,30 @@ fn labels() -> BTreeMap<String, String> {
 /// listed in the header (both are optional). Cluster-scoped: a ClusterRole with every rule and a
 /// ClusterRoleBinding.
 pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
-    let subject = Subject {
-        kind: "ServiceAccount".into(),
-        name: opts.service_account.clone(),
-        namespace: Some(opts.service_account_namespace.clone()),
-        api_group: None,
-    };
+    render_yaml_for(
+        opts,
+        &[RbacSubject::ServiceAccount {
+            name: opts.service_account.clone(),
+            namespace: opts.service_account_namespace.clone(),
+        }],
+    )
+}
+
+/// Like [`render_yaml`], binding the rules to `subjects` instead of `opts`' ServiceAccount
+/// (`opencode-k8s rbac --user NAME` / `--group NAME`).
+pub fn render_yaml_for(opts: &RbacOptions, subjects: &[RbacSubject]) -> Result<String, RbacError> {
+    let who = subjects
+        .iter()
+        .map(RbacSubject::describe)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let subjects: Vec<Subject> = subjects.iter().map(RbacSubject::to_subject).collect();
     let mut out = String::from(
         "# RBAC for opencode-k8s, generated from its table of verbs (opencode-k8s rbac).\n",
     );
     let docs = if opts.cluster_scoped {
         out.push_str(&format!(
-            "# ClusterRole: agent Jobs in any namespace, run by ServiceAccount {}/{}.\n",
-            opts.service_account_namespace, opts.service_account
+            "# ClusterRole: agent Jobs in any namespace, run by {who}.\n"
         ));
         let role = ClusterRole {
             metadata: ObjectMeta {
@@ -284,7 +348,7 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
                 kind: "ClusterRole".into(),
                 name: opts.name.clone(),
             },
-            subjects: Some(vec![subject]),
+            subjects: Some(subjects.clone()),
         };
         vec![
             serde_saphyr::to_string(&role)?,
@@ -292,8 +356,8 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
         ]
     } else {
         out.push_str(&format!(
-            "# Role in namespace {}, run by ServiceAccount {}/{}.\n# Not included (cluster-scoped, optional; use --cluster-scoped to grant them):\n",
-            opts.namespace, opts.service_account_namespace, opts.service_account
+            "# Role in namespace {}, run by {who}.\n# Not included (cluster-scoped, optional; use --cluster-scoped to grant them):\n",
+            opts.namespace
         ));
         for r in RULES.iter().filter(|r| r.scope == Scope::Cluster) {
             let group = if r.group.is_empty() { "core" } else { r.group };
@@ -319,7 +383,7 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
                 kind: "Role".into(),
                 name: opts.name.clone(),
             },
-            subjects: Some(vec![subject]),
+            subjects: Some(subjects.clone()),
         };
         vec![
             serde_saphyr::to_string(&role)?,
@@ -366,6 +430,28 @@ mod tests {
                 .iter()
                 .any(|r| r.resources.as_ref().unwrap()[0] == "namespaces")
         );
+    }
+
+    #[test]
+    fn users_and_groups_are_bound_with_the_rbac_api_group() {
+        let yaml = render_yaml_for(
+            &RbacOptions::default(),
+            &[
+                RbacSubject::User("alice@example.com".into()),
+                RbacSubject::Group("paperclip-operators".into()),
+            ],
+        )
+        .unwrap();
+        assert!(
+            yaml.contains("run by User alice@example.com, Group paperclip-operators."),
+            "{yaml}"
+        );
+        let binding: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+        let subjects = &binding[1]["subjects"];
+        assert_eq!(subjects[0]["kind"], "User");
+        assert_eq!(subjects[0]["apiGroup"], "rbac.authorization.k8s.io");
+        assert!(subjects[0].get("namespace").is_none());
+        assert_eq!(subjects[1]["kind"], "Group");
     }
 
     #[test]
