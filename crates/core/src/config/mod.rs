@@ -497,6 +497,66 @@ mod tests {
     }
 
     #[test]
+    fn a_group_that_is_not_an_object_is_refused_not_defaulted() {
+        assert_eq!(
+            errors(json!({"model": "a/b", "resources": "4Gi"})),
+            vec!["resources"]
+        );
+        assert_eq!(
+            errors(json!({"model": "a/b", "resources": {"limits": ["8Gi"]}})),
+            vec!["resources.limits"]
+        );
+    }
+
+    #[test]
+    fn reserved_label_prefixes_are_refused() {
+        for key in [
+            "kubernetes.io/x",
+            "node.kubernetes.io/x",
+            "k8s.io/x",
+            "paperclip.io/x",
+            "opencode-k8s.dev/x",
+            "app.kubernetes.io/managed-by",
+        ] {
+            assert_eq!(
+                errors(json!({"model": "a/b", "labels": {key: "v"}})),
+                vec![format!("labels.{key}")],
+                "{key}"
+            );
+        }
+        let ok = json!({"model": "a/b", "labels": {"app.kubernetes.io/part-of": "x", "example.com/team": "y"}});
+        assert!(AgentConfig::from_json(&ok).is_ok());
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_kubeconfig_content_inline_only() {
+        assert_eq!(
+            errors(
+                json!({"model": "a/b", "instructionsFilePath": "AGENTS.md", "kubeconfig": "k/config"})
+            ),
+            vec!["kubeconfig", "instructionsFilePath"]
+        );
+        let exec = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers:\n- name: u\n  user:\n    exec:\n      command: sh\n";
+        assert_eq!(
+            errors(json!({"model": "a/b", "kubeconfigContent": exec})),
+            vec!["kubeconfigContent.users[0].user.exec"]
+        );
+    }
+
+    #[test]
+    fn namespace_per_company() {
+        let c = AgentConfig::from_json(&json!({"model": "a/b", "namespace": "agents-{companyId}"}))
+            .unwrap();
+        assert_eq!(c.namespace_for("ABC-1").as_deref(), Some("agents-abc-1"));
+        assert_eq!(
+            errors(
+                json!({"model": "a/b", "namespace": "a-much-too-long-prefix-for-a-namespace-{companyId}"})
+            ),
+            vec!["namespace"]
+        );
+    }
+
+    #[test]
     fn kubeconfig_sources_are_exclusive() {
         let v = json!({"model": "a/b", "kubeconfig": "/k", "kubeconfigContent": "apiVersion: v1"});
         assert_eq!(errors(v), vec!["kubeconfigContent"]);
