@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::error_code::ErrorCode;
 
-pub use fields::{FIELDS, FieldKind, FieldSpec};
+pub use fields::{FIELDS, FieldKind, FieldSpec, Group};
 pub use quantity::{Quantity, QuantityError};
 
 /// Environment variables the engine sets itself; `env` may not override them.
@@ -139,8 +139,12 @@ pub struct Resources {
 pub struct AgentConfig {
     /// `provider/model`.
     pub model: String,
-    /// `--variant`.
+    /// `--variant`; Paperclip's Thinking effort (`effort`) when unset.
     pub variant: Option<String>,
+    /// Paperclip's Thinking effort, as sent.
+    pub effort: Option<String>,
+    /// The OpenCode binary in the pod; `None` means `opencode` on PATH.
+    pub command: Option<String>,
     /// Namespace of the agent's Jobs, possibly with a [`COMPANY_ID_PLACEHOLDER`]; `None` means
     /// the engine's default namespace. Use [`AgentConfig::namespace_for`].
     pub namespace: Option<String>,
@@ -325,10 +329,15 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
         );
     }
     let resources = read_resources(r);
+    let variant_name = |s: &str| !s.contains(char::is_whitespace) && !s.starts_with('-');
+    let variant = r.text("variant", variant_name);
+    let effort = r.text("effort", variant_name);
     AgentConfig {
         model,
-        variant: r.text("variant", |s| {
-            !s.contains(char::is_whitespace) && !s.starts_with('-')
+        variant: variant.or_else(|| effort.clone()),
+        effort,
+        command: r.text("command", |s| {
+            !s.is_empty() && !s.contains(char::is_whitespace) && !s.starts_with('-')
         }),
         namespace: r.text("namespace", |s| {
             // A company id is a lowercase UUID: check the longest name it can make.
@@ -554,6 +563,16 @@ mod tests {
             ),
             vec!["namespace"]
         );
+    }
+
+    #[test]
+    fn thinking_effort_is_the_variant_unless_one_is_set() {
+        let c = AgentConfig::from_json(&json!({"model": "a/b", "effort": "high"})).unwrap();
+        assert_eq!(c.variant.as_deref(), Some("high"));
+        let c =
+            AgentConfig::from_json(&json!({"model": "a/b", "effort": "high", "variant": "max"}))
+                .unwrap();
+        assert_eq!(c.variant.as_deref(), Some("max"));
     }
 
     #[test]

@@ -417,7 +417,10 @@ pub fn render(
     let env = build_env(req, inherited, config, &name, &home, opencode_config);
 
     let mut args = vec![
-        "opencode".to_owned(),
+        config
+            .command
+            .clone()
+            .unwrap_or_else(|| "opencode".to_owned()),
         "run".into(),
         "--format".into(),
         "json".into(),

@@ -77,11 +77,16 @@ proptest! {
         let mut input = json!({"model": "a/b", "cwd": "/paperclip/workspaces/app"});
         input[field] = value;
         let nested_parent = |path: &str| field.starts_with(&format!("{path}."));
+        // A request above the default limit is reported at the limit, which names the request.
+        let paired_limit = |path: &str| {
+            field.strip_prefix("resources.requests.")
+                .is_some_and(|kind| path == format!("resources.limits.{kind}"))
+        };
         match AgentConfig::from_json(&input) {
             Err(e) => {
                 for fe in &e.errors {
                     prop_assert!(
-                        fe.path.starts_with(field) || nested_parent(&fe.path),
+                        fe.path.starts_with(field) || nested_parent(&fe.path) || paired_limit(&fe.path),
                         "{field}: error at {}", fe.path
                     );
                 }
