@@ -878,3 +878,57 @@ async fn from_inside_an_agent_pod_only_its_own_work_is_visible() {
     assert!(claim.join("workspaces/project/README.written").exists());
     assert!(claim.join(".opencode-k8s/company-1/agent-1/state").exists());
 }
+
+/// A run in a directory off the shared claim, and an agent config naming a kubeconfig file the
+/// operator did not allow, fail with `config_invalid` and leave nothing in the cluster.
+#[tokio::test]
+async fn refused_runs_create_nothing() {
+    use crate::lifecycle::{Collect, Harness, NS, request};
+    use opencode_k8s_core::lifecycle::Bounds;
+    use opencode_k8s_testkit::Resource;
+    use tokio_util::sync::CancellationToken;
+
+    let h = Harness::start().await;
+    let engine = h.engine(Bounds::default());
+    let mut off_claim = request("run-off-claim", "agent-1");
+    off_claim.cwd = Some("/srv/elsewhere".into());
+    let err = engine
+        .run(
+            off_claim,
+            &h.config(json!({})),
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ConfigInvalid);
+    assert!(err.message.contains("/srv/elsewhere"), "{}", err.message);
+
+    // The agent config names the cluster's own kubeconfig file: refused, no client is built.
+    let mut by_path = h.config(json!({}));
+    by_path.kubeconfig_content = None;
+    by_path.kubeconfig = Some(h.cluster.kubeconfig_path().display().to_string());
+    let err = engine
+        .run(
+            request("run-by-path", "agent-1"),
+            &by_path,
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ConfigInvalid);
+    assert!(
+        err.message.contains("OPENCODE_K8S_KUBECONFIG_DIR"),
+        "{}",
+        err.message
+    );
+
+    assert!(h.jobs().is_empty());
+    assert!(
+        h.cluster
+            .list_json(Resource::Secrets, Some(NS))
+            .iter()
+            .all(|s| s["metadata"]["name"] == "paperclip-secrets")
+    );
+}
