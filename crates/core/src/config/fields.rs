@@ -125,7 +125,7 @@ pub const FIELDS: &[FieldSpec] = &[
         Text,
         None,
         "a variant name without spaces, e.g. `high`",
-        "Paperclip's Thinking effort: passed as `--variant` when `variant` is not set.",
+        "Paperclip's Thinking effort (also read from `thinkingEffort`): passed as `--variant` when `variant` is not set.",
     ),
     field(
         "namespace",

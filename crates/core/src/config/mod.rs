@@ -331,7 +331,22 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
     let resources = read_resources(r);
     let variant_name = |s: &str| !s.contains(char::is_whitespace) && !s.starts_with('-');
     let variant = r.text("variant", variant_name);
-    let effort = r.text("effort", variant_name);
+    // Paperclip's form writes `effort` when an agent is edited but `thinkingEffort` when it is
+    // created (its generic buildAdapterConfig): both are the Thinking effort.
+    let effort = r.text("effort", variant_name).or_else(|| {
+        let value = r.raw("thinkingEffort")?;
+        match value.as_str().map(str::trim).filter(|s| variant_name(s)) {
+            Some(text) => Some(text.to_owned()),
+            None => {
+                r.fail_with(
+                    "thinkingEffort",
+                    forms::show(value),
+                    fields::spec("effort").accepted.to_owned(),
+                );
+                None
+            }
+        }
+    });
     AgentConfig {
         model,
         variant: variant.or_else(|| effort.clone()),
