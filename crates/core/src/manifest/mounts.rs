@@ -13,7 +13,8 @@
 //!
 //! A missing `subPath` directory would be created by the kubelet as root, which the agent
 //! (uid 1000) then cannot write. So an init container — same image, same locked-down security
-//! context, a fixed `mkdir -p` and no agent input — creates the state directory first. It mounts
+//! context, a fixed `mkdir -p` and no agent input — creates the state directory (and the
+//! working directory, should Paperclip not have created it yet) first. It mounts
 //! the claim the way the Paperclip pod does, because every parent of the state directory may be
 //! missing on the first run of a company, and a subPath mount of a missing parent would again be
 //! created by root.
@@ -128,16 +129,16 @@ pub(super) fn claim_mounts(
             })
         })
         .collect();
+    // The working directory normally exists (Paperclip realizes the workspace first); if not,
+    // it is created here too rather than by the kubelet as root.
+    let mut command: Vec<String> = ["mkdir", "-p", "-m", "700", "--", home]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    command.extend(cwd.map(|c| c.trim_end_matches('/').to_owned()));
     let init = Container {
         name: HOME_INIT_CONTAINER.into(),
-        command: Some(vec![
-            "mkdir".into(),
-            "-p".into(),
-            "-m".into(),
-            "700".into(),
-            "--".into(),
-            home.to_owned(),
-        ]),
+        command: Some(command),
         volume_mounts: Some(vec![VolumeMount {
             name: claim.name.clone(),
             mount_path: WORKSPACE_MOUNT.into(),
