@@ -145,7 +145,7 @@ impl<'a> Reader<'a> {
         };
         let mut rules = Vec::new();
         for (path, item) in items {
-            match item.as_str().and_then(parse_egress) {
+            match item.as_str().and_then(super::egress::parse) {
                 Some(rule) => rules.push(rule),
                 None => self.fail_with(&path, show(&item), spec(name).accepted.into()),
             }
@@ -632,37 +632,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `CIDR[:port[,port...]]`; an IPv6 CIDR takes ports after `]:` (`[::/0]:443`).
-fn parse_egress(text: &str) -> Option<super::EgressRule> {
-    let (cidr, ports) = match text.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((cidr, "")) => (cidr, None),
-            Some((cidr, ports)) => (cidr, Some(ports.strip_prefix(':')?)),
-            None => return None,
-        },
-        None if text.matches(':').count() > 1 => (text, None),
-        None => match text.split_once(':') {
-            Some((cidr, ports)) => (cidr, Some(ports)),
-            None => (text, None),
-        },
-    };
-    let (addr, prefix) = cidr.split_once('/')?;
-    let addr: std::net::IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    prefix.parse::<u8>().ok().filter(|p| *p <= max)?;
-    let ports = match ports {
-        None => Vec::new(),
-        Some(list) => list
-            .split(',')
-            .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0))
-            .collect::<Option<Vec<_>>>()?,
-    };
-    Some(super::EgressRule {
-        cidr: cidr.to_owned(),
-        ports,
-    })
-}
-
 /// Position in [`FIELDS`](super::FIELDS) of the field a path belongs to.
 fn field_index(path: &str) -> usize {
     super::FIELDS
@@ -811,28 +780,6 @@ mod tests {
         let shown = show(&Value::String("x".repeat(200)));
         assert_eq!(shown.chars().count(), SHOWN_CHARS + 1);
         assert!(shown.ends_with('…'));
-    }
-
-    #[test]
-    fn egress_entries() {
-        let rule = parse_egress("10.0.0.0/8:443,8443").unwrap();
-        assert_eq!(
-            (rule.cidr.as_str(), rule.ports),
-            ("10.0.0.0/8", vec![443, 8443])
-        );
-        assert_eq!(parse_egress("0.0.0.0/0").unwrap().ports, Vec::<u16>::new());
-        assert_eq!(parse_egress("[::/0]:443").unwrap().cidr, "::/0");
-        assert_eq!(parse_egress("fd00::/8").unwrap().cidr, "fd00::/8");
-        for bad in [
-            "10.0.0.0",
-            "10.0.0.0/33",
-            "host:443",
-            "10.0.0.0/8:0",
-            "10.0.0.0/8:x",
-            "[::/0",
-        ] {
-            assert!(parse_egress(bad).is_none(), "{bad}");
-        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Precedence with the Paperclip pod the Job inherits from: `image`, `nodeSelector` and
 //! `tolerations` from this config replace the pod's when set; unset, the pod's are used.
 
+mod egress;
 mod fields;
 mod forms;
 pub mod kubeconfig;
