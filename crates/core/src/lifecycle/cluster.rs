@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use sha2::{Digest, Sha256};
@@ -167,9 +168,21 @@ impl ClientCache {
     }
 }
 
+/// Set when the agent configs of this process are the operator's own (the CLI).
+static OPERATOR_CONFIGS: AtomicBool = AtomicBool::new(false);
+
+/// Declares that every agent config this process runs comes from the operator — the
+/// `opencode-k8s` CLI, where whoever passes `--config` also owns the machine — so their
+/// `kubeconfig` paths are honoured anywhere. The Paperclip server never calls this: there agent
+/// configs are edited by Paperclip users and paths are confined to [`KUBECONFIG_DIR_ENV`].
+pub fn trust_agent_kubeconfig_paths() {
+    OPERATOR_CONFIGS.store(true, Ordering::Relaxed);
+}
+
 /// Refuses an agent config's source the operator does not allow, before anything reads it.
 fn check_allowed(source: &ClusterSource) -> Result<(), ClusterError> {
     match source {
+        ClusterSource::AgentKubeconfigPath(_) if OPERATOR_CONFIGS.load(Ordering::Relaxed) => Ok(()),
         ClusterSource::AgentKubeconfigPath(path) => {
             let allowed = std::env::var(KUBECONFIG_DIR_ENV).ok();
             match kubeconfig::check_path(&path.to_string_lossy(), allowed.as_deref()) {

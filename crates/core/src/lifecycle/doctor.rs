@@ -226,7 +226,8 @@ fn credentials_subject(source: &ClusterSource) -> String {
             .clone()
     });
     match user {
-        Some(user) => format!("user {user} of {source}"),
+        // The kubeconfig's name for the user; the API server may know it by another name.
+        Some(user) => format!("kubeconfig user {user} of {source}"),
         None => format!("the user of {source}"),
     }
 }
@@ -646,7 +647,7 @@ mod tests {
         let content = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://k:6443\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: alice\ncurrent-context: c\nusers:\n- name: alice\n  user:\n    token: t\n";
         let who = credentials_subject(&ClusterSource::KubeconfigContent(content.into()));
         assert!(
-            who.starts_with("user alice of inline kubeconfigContent"),
+            who.starts_with("kubeconfig user alice of inline kubeconfigContent"),
             "{who}"
         );
         assert!(!who.contains(ENGINE_SERVICE_ACCOUNT));
