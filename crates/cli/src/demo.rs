@@ -203,7 +203,7 @@ fn config(
 ) -> anyhow::Result<AgentConfig> {
     let config = json!({
         "model": model.model(),
-        "kubeconfig": cluster.kubeconfig_path(),
+        "kubeconfigContent": std::fs::read_to_string(cluster.kubeconfig_path())?,
         "namespace": NAMESPACE,
         "timeoutSec": "120",
         // Keep the Job after the run so it can be shown; the whole cluster goes afterwards.

@@ -86,6 +86,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     diagnostics::init();
+    // The operator runs the CLI: the agent configs it is given are the operator's own.
+    opencode_k8s_core::lifecycle::trust_agent_kubeconfig_paths();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

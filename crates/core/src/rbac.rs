@@ -137,6 +137,14 @@ pub const RULES: &[Rule] = &[
         "patch",
         "set the Secret's ownerReference to its Job (JSON merge patch) so it is garbage-collected with it",
     ),
+    Rule {
+        group: "networking.k8s.io",
+        resource: "networkpolicies",
+        verb: "create",
+        scope: Scope::Namespaced,
+        optional: true,
+        why: "create the run's default-deny egress NetworkPolicy; only agents with `networkPolicy: true` need it",
+    },
     rule(
         "",
         "events",
@@ -337,7 +345,7 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
                 kind: "ClusterRole".into(),
                 name: opts.name.clone(),
             },
-            subjects: Some(vec![subject]),
+            subjects: Some(vec![subject.clone()]),
         };
         vec![
             serde_saphyr::to_string(&role)?,
@@ -372,7 +380,7 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
                 kind: "Role".into(),
                 name: opts.name.clone(),
             },
-            subjects: Some(vec![subject]),
+            subjects: Some(vec![subject.clone()]),
         };
         vec![
             serde_saphyr::to_string(&role)?,
@@ -419,6 +427,26 @@ mod tests {
                 .iter()
                 .any(|r| r.resources.as_ref().unwrap()[0] == "namespaces")
         );
+    }
+
+    #[test]
+    fn users_and_groups_are_bound_with_the_rbac_api_group() {
+        for (subject, kind) in [
+            (RbacSubject::User("alice@example.com".into()), "User"),
+            (RbacSubject::Group("paperclip-operators".into()), "Group"),
+        ] {
+            let opts = RbacOptions {
+                subject: subject.clone(),
+                ..RbacOptions::default()
+            };
+            let yaml = render_yaml(&opts).unwrap();
+            assert!(yaml.contains(&format!("run by {subject}.")), "{yaml}");
+            let binding: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+            let subjects = &binding[1]["subjects"];
+            assert_eq!(subjects[0]["kind"], kind);
+            assert_eq!(subjects[0]["apiGroup"], "rbac.authorization.k8s.io");
+            assert!(subjects[0].get("namespace").is_none());
+        }
     }
 
     #[test]

@@ -309,6 +309,10 @@ pub struct CheckJs {
 pub struct ConfigFieldJs {
     /// The key in `adapterConfig` (nested fields use dots).
     pub name: String,
+    /// The form's label.
+    pub label: String,
+    /// The form's section: `Model`, `Kubernetes`, `Resources`, `Session` or `Advanced`.
+    pub group: String,
     /// `text`, `textarea`, `integer`, `boolean`, `quantity`, `choice`, `map`, `tolerations`
     /// or `args`.
     pub kind: String,
@@ -337,6 +341,8 @@ impl From<&FieldSpec> for ConfigFieldJs {
         };
         ConfigFieldJs {
             name: spec.name.to_owned(),
+            label: spec.label.to_owned(),
+            group: spec.group.as_str().to_owned(),
             kind: kind.to_owned(),
             options: options.iter().map(|&o| o.to_owned()).collect(),
             default: spec.default.map(str::to_owned),

@@ -300,6 +300,38 @@ fn resolve_volume(
     }
 }
 
+/// The directory `sub` of a volume at `volume`, created when missing (as the kubelet does). Like
+/// the API server and kubelet, refuses an absolute `sub` or one with `..`, and one that leaves
+/// the volume through a symlink.
+fn sub_path(volume: &Path, sub: &str) -> Result<PathBuf, ConfigError> {
+    let relative = Path::new(sub);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(ConfigError::Mount(format!(
+            "subPath {sub:?} must be a relative path without '..'"
+        )));
+    }
+    let source = volume.join(relative);
+    let inside = |path: &Path| match (std::fs::canonicalize(path), std::fs::canonicalize(volume)) {
+        (Ok(path), Ok(volume)) => path.starts_with(volume),
+        _ => false,
+    };
+    let escapes = || ConfigError::Mount(format!("subPath {sub:?} is not within the volume"));
+    // Check the part that exists before creating the rest, so nothing is created outside.
+    let existing = source.ancestors().find(|a| a.exists()).unwrap_or(volume);
+    if !inside(existing) {
+        return Err(escapes());
+    }
+    std::fs::create_dir_all(&source).map_err(|e| ConfigError::Mount(e.to_string()))?;
+    if !inside(&source) {
+        return Err(escapes());
+    }
+    Ok(source)
+}
+
 /// Turns the pod's main container into a process: env, command, mounts, identity.
 pub(crate) fn resolve(
     shared: &Shared,
@@ -363,8 +395,7 @@ pub(crate) fn resolve(
             continue;
         };
         if let Some(sub) = mount["subPath"].as_str().filter(|s| !s.is_empty()) {
-            source = source.join(sub);
-            std::fs::create_dir_all(&source).map_err(|e| ConfigError::Mount(e.to_string()))?;
+            source = sub_path(&source, sub)?;
         }
         mounts.push(MountSpec {
             source,
@@ -403,6 +434,21 @@ mod tests {
         assert_eq!(expand("$$(A)", &env), "$(A)");
         assert_eq!(expand("$(B)", &env), "$(B)");
         assert_eq!(expand("cost $5", &env), "cost $5");
+    }
+
+    #[test]
+    fn sub_paths_stay_inside_their_volume() {
+        let volume = tempfile::tempdir().unwrap();
+        let inside = sub_path(volume.path(), "a/b").unwrap();
+        assert!(inside.is_dir() && inside.starts_with(volume.path()));
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), volume.path().join("link")).unwrap();
+        for bad in ["../x", "a/../../x", "/etc", "link/x"] {
+            assert!(
+                matches!(sub_path(volume.path(), bad), Err(ConfigError::Mount(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -55,6 +55,10 @@ export interface CheckJs {
 export interface ConfigFieldJs {
   /** The key in `adapterConfig` (nested fields use dots). */
   name: string
+  /** The form's label. */
+  label: string
+  /** The form's section: `Model`, `Kubernetes`, `Resources`, `Session` or `Advanced`. */
+  group: string
   /**
    * `text`, `textarea`, `integer`, `boolean`, `quantity`, `choice`, `map`, `tolerations`
    * or `args`.

@@ -66,7 +66,7 @@ async fn a_restricted_account_sees_the_rule_to_add() {
     let text = redacted(&stdout(&out), kubeconfig);
     assert!(
         text.contains("\nFAIL  rbac get pods/log ")
-            && text.contains("\n      fix: add this rule to the Role bound to the engine's service account in namespace paperclip (`opencode-k8s rbac --namespace paperclip` prints the whole Role):\n           - apiGroups: [\"\"]\n             resources: [\"pods/log\"]\n             verbs: [\"get\"]\n"),
+            && text.contains("\n      fix: add this rule to the Role bound to kubeconfig user kube-sim-admin of kubeconfig file <kubeconfig> in namespace paperclip (`opencode-k8s rbac --namespace paperclip` prints the whole Role):\n           - apiGroups: [\"\"]\n             resources: [\"pods/log\"]\n             verbs: [\"get\"]\n"),
         "{text}"
     );
     insta::assert_snapshot!("doctor_restricted", text);

@@ -27,6 +27,34 @@ pub enum FieldKind {
     Args,
 }
 
+/// The section of the agent form a field is shown in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Group {
+    /// Which model, how hard it thinks.
+    Model,
+    /// Where and how the Job runs.
+    Kubernetes,
+    /// CPU, memory and time.
+    Resources,
+    /// Prompts, sessions, the working directory.
+    Session,
+    /// Everything else.
+    Advanced,
+}
+
+impl Group {
+    /// The form's section title.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Group::Model => "Model",
+            Group::Kubernetes => "Kubernetes",
+            Group::Resources => "Resources",
+            Group::Session => "Session",
+            Group::Advanced => "Advanced",
+        }
+    }
+}
+
 /// One configuration field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +62,10 @@ pub struct FieldSpec {
     /// The key in `adapterConfig`; nested fields use dots (`resources.limits.cpu`) and may be
     /// sent either nested or as the flat dotted key.
     pub name: &'static str,
+    /// The form's label, e.g. `Memory limit`.
+    pub label: &'static str,
+    /// The form's section.
+    pub group: Group,
     /// How the value is parsed.
     pub kind: FieldKind,
     /// The default when the key is absent, `null` or `""`; `None` means unset.
@@ -46,6 +78,8 @@ pub struct FieldSpec {
 
 const fn field(
     name: &'static str,
+    label: &'static str,
+    group: Group,
     kind: FieldKind,
     default: Option<&'static str>,
     accepted: &'static str,
@@ -53,6 +87,8 @@ const fn field(
 ) -> FieldSpec {
     FieldSpec {
         name,
+        label,
+        group,
         kind,
         default,
         accepted,
@@ -66,6 +102,8 @@ use FieldKind::{Args, Boolean, Choice, Integer, Map, Quantity, Text, Textarea, T
 pub const FIELDS: &[FieldSpec] = &[
     field(
         "model",
+        "Model",
+        Group::Model,
         Text,
         None,
         "`provider/model`, e.g. `anthropic/claude-sonnet-4-5`",
@@ -73,20 +111,35 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "variant",
+        "Variant",
+        Group::Model,
         Text,
         None,
         "a variant name without spaces, e.g. `high`",
         "Provider-specific reasoning effort passed as `--variant`.",
     ),
     field(
-        "namespace",
+        "effort",
+        "Thinking effort",
+        Group::Model,
         Text,
         None,
-        "a DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters",
-        "Namespace for the agent's Jobs; defaults to Paperclip's own namespace.",
+        "a variant name without spaces, e.g. `high`",
+        "Paperclip's Thinking effort (also read from `thinkingEffort`): passed as `--variant` when `variant` is not set.",
+    ),
+    field(
+        "namespace",
+        "Namespace",
+        Group::Kubernetes,
+        Text,
+        None,
+        "a DNS-1123 label: lowercase letters, digits and `-`, at most 63 characters; `{companyId}` is replaced by the company id",
+        "Namespace for the agent's Jobs (e.g. `agents-{companyId}` for one per company); defaults to Paperclip's own namespace.",
     ),
     field(
         "image",
+        "Image",
+        Group::Kubernetes,
         Text,
         None,
         "a container image reference without spaces",
@@ -94,6 +147,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "imagePullPolicy",
+        "Image pull policy",
+        Group::Kubernetes,
         Choice(&["Always", "IfNotPresent", "Never"]),
         Some("IfNotPresent"),
         "one of `Always`, `IfNotPresent`, `Never`",
@@ -101,20 +156,26 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "kubeconfig",
+        "Kubeconfig file",
+        Group::Kubernetes,
         Text,
         None,
-        "a path to a kubeconfig file (not together with `kubeconfigContent`)",
-        "Talk to another cluster through this kubeconfig file.",
+        "an absolute path to a kubeconfig file inside the directory the server's `OPENCODE_K8S_KUBECONFIG_DIR` allows (not together with `kubeconfigContent`)",
+        "Talk to another cluster through a kubeconfig file the operator provides.",
     ),
     field(
         "kubeconfigContent",
+        "Kubeconfig content",
+        Group::Kubernetes,
         Textarea,
         None,
-        "kubeconfig YAML text (not together with `kubeconfig`)",
+        "kubeconfig YAML text with inline credentials only: no `exec`, `auth-provider`, `tokenFile` or file paths (not together with `kubeconfig`)",
         "Inline kubeconfig for another cluster.",
     ),
     field(
         "serviceAccountName",
+        "Service account",
+        Group::Kubernetes,
         Text,
         None,
         "a DNS-1123 subdomain: lowercase letters, digits, `-` and `.`, at most 253 characters",
@@ -122,6 +183,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "resources.requests.cpu",
+        "CPU request",
+        Group::Resources,
         Quantity,
         Some("1000m"),
         "a positive Kubernetes quantity, e.g. `500m`, `1`, `2.5`",
@@ -129,6 +192,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "resources.requests.memory",
+        "Memory request",
+        Group::Resources,
         Quantity,
         Some("2Gi"),
         "a positive Kubernetes quantity, e.g. `512Mi`, `2Gi`, `1.5G`",
@@ -136,6 +201,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "resources.limits.cpu",
+        "CPU limit",
+        Group::Resources,
         Quantity,
         Some("4000m"),
         "a positive Kubernetes quantity not below the CPU request, e.g. `4`",
@@ -143,6 +210,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "resources.limits.memory",
+        "Memory limit",
+        Group::Resources,
         Quantity,
         Some("8Gi"),
         "a positive Kubernetes quantity not below the memory request, e.g. `8Gi`",
@@ -150,6 +219,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "timeoutSec",
+        "Timeout (seconds)",
+        Group::Resources,
         Integer,
         Some("0"),
         "a whole number of seconds, 0 for no timeout",
@@ -157,6 +228,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "graceSec",
+        "Grace period (seconds)",
+        Group::Resources,
         Integer,
         Some("30"),
         "a whole number of seconds",
@@ -164,6 +237,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "retainJobs",
+        "Keep finished Jobs",
+        Group::Kubernetes,
         Boolean,
         Some("false"),
         "true or false",
@@ -171,6 +246,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "ttlSecondsAfterFinished",
+        "Finished Job TTL (seconds)",
+        Group::Kubernetes,
         Integer,
         Some("300"),
         "a whole number of seconds up to 2147483647",
@@ -178,6 +255,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "env",
+        "Environment variables",
+        Group::Advanced,
         Map,
         None,
         "an object of NAME: value, JSON text, or NAME=value lines; NAME matches [A-Za-z_][A-Za-z0-9_]*",
@@ -185,6 +264,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "nodeSelector",
+        "Node selector",
+        Group::Kubernetes,
         Map,
         None,
         "an object, JSON text, or key=value lines with Kubernetes label keys and values",
@@ -192,27 +273,44 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "labels",
+        "Labels",
+        Group::Kubernetes,
         Map,
         None,
         "an object, JSON text, or key=value lines with Kubernetes label keys and values",
-        "Extra labels on the Job, pod and Secret.",
+        "Extra labels on the Job, pod and Secret (not under kubernetes.io/, k8s.io/, paperclip.io/ or opencode-k8s.dev/).",
     ),
     field(
         "tolerations",
+        "Tolerations",
+        Group::Kubernetes,
         Tolerations,
         None,
         "a list of tolerations as an array, or JSON/YAML text",
         "Tolerations of agent pods; replace the Paperclip pod's.",
     ),
     field(
+        "command",
+        "Command",
+        Group::Advanced,
+        Text,
+        None,
+        "a command name or absolute path without spaces, e.g. `opencode` or `/opt/opencode/bin/opencode`",
+        "The OpenCode binary run in the agent pod (Paperclip's Command field); defaults to `opencode` on PATH.",
+    ),
+    field(
         "extraArgs",
+        "Extra args",
+        Group::Advanced,
         Args,
         None,
-        "an array of strings, or text split like a shell (quotes group words)",
+        "an array of strings, one argument each (what Paperclip's comma-separated field sends: `--agent, build`), or text split like a shell (quotes group words)",
         "Extra `opencode run` arguments.",
     ),
     field(
         "promptTemplate",
+        "Prompt template",
+        Group::Session,
         Textarea,
         None,
         "any text",
@@ -220,6 +318,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "bootstrapPromptTemplate",
+        "Bootstrap prompt",
+        Group::Session,
         Textarea,
         None,
         "any text",
@@ -227,6 +327,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "dangerouslySkipPermissions",
+        "Skip permission prompts",
+        Group::Session,
         Boolean,
         Some("true"),
         "true or false",
@@ -234,20 +336,62 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "resumeLastSession",
+        "Resume last session",
+        Group::Session,
         Boolean,
         Some("true"),
         "true or false",
         "Resume the task's OpenCode session when the working directory is unchanged.",
     ),
     field(
-        "instructionsFilePath",
+        "runtimeClassName",
+        "Runtime class",
+        Group::Kubernetes,
         Text,
         None,
-        "a file path",
-        "Agent instructions file Paperclip adds to the prompt.",
+        "a RuntimeClass name (DNS-1123 subdomain), e.g. `gvisor`",
+        "Run agent pods in a sandboxed runtime (gVisor, Kata) the cluster provides.",
+    ),
+    field(
+        "networkPolicy",
+        "Restrict egress (NetworkPolicy)",
+        Group::Kubernetes,
+        Boolean,
+        Some("false"),
+        "true or false",
+        "Deny agent egress except DNS, the Paperclip API and `networkPolicyEgress` (needs a CNI that enforces NetworkPolicy).",
+    ),
+    field(
+        "networkPolicyEgress",
+        "Allowed egress",
+        Group::Kubernetes,
+        Args,
+        None,
+        "CIDR or CIDR:port[,port] entries, e.g. `0.0.0.0/0:443` or `[::/0]:443`, as an array or whitespace-separated text",
+        "Egress allowed by the NetworkPolicy besides DNS and Paperclip, e.g. your LLM endpoints.",
+    ),
+    field(
+        "readOnlyRootFilesystem",
+        "Read-only root filesystem",
+        Group::Kubernetes,
+        Boolean,
+        Some("false"),
+        "true or false",
+        "Make the agent container's root filesystem read-only (/tmp stays writable).",
+    ),
+    field(
+        "instructionsFilePath",
+        "Instructions file",
+        Group::Session,
+        Text,
+        None,
+        "an absolute file path",
+        "Agent instructions file Paperclip adds to the prompt; its directory is mounted read-only when it is on the shared volume.",
     ),
     field(
         "cwd",
+        "Working directory",
+        Group::Session,
         Text,
         None,
         "an absolute path, e.g. `/paperclip/workspaces/app`",
@@ -255,6 +399,8 @@ pub const FIELDS: &[FieldSpec] = &[
     ),
     field(
         "paperclipApiUrl",
+        "Paperclip API URL",
+        Group::Advanced,
         Text,
         None,
         "an http:// or https:// URL reachable from the pod",
@@ -289,6 +435,11 @@ mod tests {
                 f.name
             );
             assert!(!f.accepted.is_empty(), "{}", f.name);
+            assert!(
+                !f.label.is_empty() && f.label.chars().next().is_some_and(char::is_uppercase),
+                "{}",
+                f.name
+            );
         }
     }
 

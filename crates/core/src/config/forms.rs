@@ -104,6 +104,55 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A nested group (`resources`) present but not an object would silently give every field
+    /// under it its default: refuse it by name.
+    pub(super) fn object_parent(&mut self, path: &str) {
+        let mut parts = path.split('.');
+        let first = parts.next().and_then(|p| self.obj.get(p));
+        let value = parts
+            .try_fold(first, |v, part| Some(v?.as_object()?.get(part)))
+            .flatten();
+        if let Some(value) = value
+            && !value.is_object()
+            && !value.is_null()
+            && !value.as_str().is_some_and(|s| s.trim().is_empty())
+        {
+            self.fail_with(path, show(value), "an object of the fields below it".into());
+        }
+    }
+
+    /// `networkPolicyEgress`: `CIDR` or `CIDR:port[,port...]` entries, as an array or text
+    /// separated by whitespace or new lines.
+    pub(super) fn egress(&mut self, name: &str) -> Vec<super::EgressRule> {
+        let Some(value) = self.raw(name) else {
+            return Vec::new();
+        };
+        let items: Vec<(String, Value)> = match value {
+            Value::String(text) => text
+                .split_whitespace()
+                .enumerate()
+                .map(|(i, s)| (format!("{name}[{i}]"), Value::String(s.to_owned())))
+                .collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{name}[{i}]"), v.clone()))
+                .collect(),
+            other => {
+                self.fail(name, show(other));
+                return Vec::new();
+            }
+        };
+        let mut rules = Vec::new();
+        for (path, item) in items {
+            match item.as_str().and_then(super::egress::parse) {
+                Some(rule) => rules.push(rule),
+                None => self.fail_with(&path, show(&item), spec(name).accepted.into()),
+            }
+        }
+        rules
+    }
+
     /// Records an error at a table field with the table's accepted text.
     pub(super) fn fail(&mut self, name: &str, value: String) {
         self.fail_with(name, value, spec(name).accepted.to_owned());
@@ -386,7 +435,7 @@ impl<'a> Reader<'a> {
             if !syntax::is_qualified_name(&key) {
                 self.fail_with(&path, show_str(&key), "a label key: [prefix/]name, name up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric".into());
             } else if reserved(&key) {
-                self.fail_with(&path, show_str(&key), "a label key not set by opencode-k8s itself (app.kubernetes.io/managed-by, app.kubernetes.io/name, opencode-k8s.dev/*)".into());
+                self.fail_with(&path, show_str(&key), "a label key outside the reserved prefixes (kubernetes.io/, k8s.io/, paperclip.io/ and their subdomains, opencode-k8s.dev/) and not app.kubernetes.io/managed-by or app.kubernetes.io/name".into());
             } else if !syntax::is_label_value(&text) {
                 self.fail_with(&path, show_str(&text), "a label value: up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric, or empty".into());
             } else {

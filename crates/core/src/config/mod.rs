@@ -9,8 +9,10 @@
 //! Precedence with the Paperclip pod the Job inherits from: `image`, `nodeSelector` and
 //! `tolerations` from this config replace the pod's when set; unset, the pod's are used.
 
+mod egress;
 mod fields;
 mod forms;
+pub mod kubeconfig;
 mod quantity;
 pub mod syntax;
 
@@ -23,7 +25,7 @@ use serde_json::Value;
 
 use crate::error_code::ErrorCode;
 
-pub use fields::{FIELDS, FieldKind, FieldSpec};
+pub use fields::{FIELDS, FieldKind, FieldSpec, Group};
 pub use quantity::{Quantity, QuantityError};
 
 /// Environment variables the engine sets itself; `env` may not override them.
@@ -39,7 +41,7 @@ pub const ENGINE_OWNED_ENV: &[(&str, &str)] = &[
     ),
     (
         "HOME",
-        "HOME is the shared volume `/paperclip` so sessions persist",
+        "HOME is the agent's own state directory on the shared volume, so sessions persist",
     ),
     (
         "OPENCODE_DISABLE_PROJECT_CONFIG",
@@ -138,9 +140,14 @@ pub struct Resources {
 pub struct AgentConfig {
     /// `provider/model`.
     pub model: String,
-    /// `--variant`.
+    /// `--variant`; Paperclip's Thinking effort (`effort`) when unset.
     pub variant: Option<String>,
-    /// Namespace of the agent's Jobs; `None` means the engine's default namespace.
+    /// Paperclip's Thinking effort, as sent.
+    pub effort: Option<String>,
+    /// The OpenCode binary in the pod; `None` means `opencode` on PATH.
+    pub command: Option<String>,
+    /// Namespace of the agent's Jobs, possibly with a [`COMPANY_ID_PLACEHOLDER`]; `None` means
+    /// the engine's default namespace. Use [`AgentConfig::namespace_for`].
     pub namespace: Option<String>,
     /// Image override; `None` means the Paperclip pod's image.
     pub image: Option<String>,
@@ -180,12 +187,43 @@ pub struct AgentConfig {
     pub dangerously_skip_permissions: bool,
     /// Resume the saved session when the cwd is unchanged.
     pub resume_last_session: bool,
+    /// RuntimeClass of the agent pod (a sandboxed runtime such as gVisor or Kata).
+    pub runtime_class_name: Option<String>,
+    /// Create a default-deny egress NetworkPolicy for each run.
+    pub network_policy: bool,
+    /// Egress the NetworkPolicy allows besides DNS and the Paperclip API.
+    pub network_policy_egress: Vec<EgressRule>,
+    /// Make the container's root filesystem read-only (with writable emptyDirs where needed).
+    pub read_only_root_filesystem: bool,
     /// Agent instructions file (read by the host).
     pub instructions_file_path: Option<String>,
     /// Working directory when the run has none.
     pub cwd: Option<String>,
     /// Pod-reachable Paperclip API URL.
     pub paperclip_api_url: Option<String>,
+}
+
+/// Placeholder in `namespace` replaced by the run's company id: one namespace per company.
+pub const COMPANY_ID_PLACEHOLDER: &str = "{companyId}";
+
+/// One egress destination the run's NetworkPolicy allows: a CIDR and, optionally, TCP ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EgressRule {
+    /// `10.0.0.0/8`, `203.0.113.7/32`, `::/0`.
+    pub cidr: String,
+    /// TCP ports; empty means every port.
+    pub ports: Vec<u16>,
+}
+
+impl AgentConfig {
+    /// The namespace of this agent's Jobs for a company: `namespace` with
+    /// [`COMPANY_ID_PLACEHOLDER`] replaced by the company id in lowercase (ids are UUIDs).
+    /// `None` when `namespace` is unset.
+    pub fn namespace_for(&self, company_id: &str) -> Option<String> {
+        self.namespace
+            .as_deref()
+            .map(|ns| ns.replace(COMPANY_ID_PLACEHOLDER, &company_id.to_ascii_lowercase()))
+    }
 }
 
 /// One rejected value.
@@ -264,8 +302,27 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
     if r.raw("model").is_none() {
         r.fail("model", "nothing".into());
     }
-    let kubeconfig = r.text("kubeconfig", |_| true);
-    let kubeconfig_content = r.verbatim("kubeconfigContent").map(SecretString::new);
+    for parent in ["resources", "resources.requests", "resources.limits"] {
+        r.object_parent(parent);
+    }
+    let kubeconfig = r.text("kubeconfig", |s| {
+        kubeconfig::check_path(s, Some("/")).is_none()
+    });
+    let kubeconfig_content = r.verbatim("kubeconfigContent");
+    if let Some(content) = &kubeconfig_content {
+        for refusal in kubeconfig::check_content(content) {
+            let path = match refusal.path.as_str() {
+                "(root)" => "kubeconfigContent".to_owned(),
+                inner => format!("kubeconfigContent.{inner}"),
+            };
+            r.fail_with(
+                &path,
+                format!("kubeconfig text of {} bytes", content.len()),
+                refusal.why,
+            );
+        }
+    }
+    let kubeconfig_content = kubeconfig_content.map(SecretString::new);
     if kubeconfig.is_some() && kubeconfig_content.is_some() {
         r.fail(
             "kubeconfigContent",
@@ -273,12 +330,35 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
         );
     }
     let resources = read_resources(r);
+    let variant_name = |s: &str| !s.contains(char::is_whitespace) && !s.starts_with('-');
+    let variant = r.text("variant", variant_name);
+    // Paperclip's form writes `effort` when an agent is edited but `thinkingEffort` when it is
+    // created (its generic buildAdapterConfig): both are the Thinking effort.
+    let effort = r.text("effort", variant_name).or_else(|| {
+        let value = r.raw("thinkingEffort")?;
+        match value.as_str().map(str::trim).filter(|s| variant_name(s)) {
+            Some(text) => Some(text.to_owned()),
+            None => {
+                r.fail_with(
+                    "thinkingEffort",
+                    forms::show(value),
+                    fields::spec("effort").accepted.to_owned(),
+                );
+                None
+            }
+        }
+    });
     AgentConfig {
         model,
-        variant: r.text("variant", |s| {
-            !s.contains(char::is_whitespace) && !s.starts_with('-')
+        variant: variant.or_else(|| effort.clone()),
+        effort,
+        command: r.text("command", |s| {
+            !s.is_empty() && !s.contains(char::is_whitespace) && !s.starts_with('-')
         }),
-        namespace: r.text("namespace", syntax::is_dns1123_label),
+        namespace: r.text("namespace", |s| {
+            // A company id is a lowercase UUID: check the longest name it can make.
+            syntax::is_dns1123_label(&s.replace(COMPANY_ID_PLACEHOLDER, &"0".repeat(36)))
+        }),
         image: r.text("image", |s| !s.contains(char::is_whitespace)),
         image_pull_policy: r
             .choice("imagePullPolicy")
@@ -302,17 +382,44 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
         .unwrap_or(300),
         env: r.env("env"),
         node_selector: r.label_map("nodeSelector", |_| false),
-        labels: r.label_map("labels", crate::manifest::is_adapter_label_key),
+        labels: r.label_map("labels", is_reserved_label_key),
         tolerations: r.tolerations("tolerations"),
         extra_args: r.args("extraArgs"),
         prompt_template: r.verbatim("promptTemplate"),
         bootstrap_prompt_template: r.verbatim("bootstrapPromptTemplate"),
         dangerously_skip_permissions: r.boolean("dangerouslySkipPermissions", true),
         resume_last_session: r.boolean("resumeLastSession", true),
-        instructions_file_path: r.text("instructionsFilePath", |s| !s.contains('\0')),
+        runtime_class_name: r.text("runtimeClassName", syntax::is_dns1123_subdomain),
+        network_policy: r.boolean("networkPolicy", false),
+        network_policy_egress: r.egress("networkPolicyEgress"),
+        read_only_root_filesystem: r.boolean("readOnlyRootFilesystem", false),
+        instructions_file_path: r.text("instructionsFilePath", |s| {
+            s.starts_with('/') && !s.contains('\0')
+        }),
         cwd: r.text("cwd", |s| s.starts_with('/') && !s.contains('\0')),
         paperclip_api_url: r.text("paperclipApiUrl", forms::valid_http_url),
     }
+}
+
+/// Label keys an agent config may not set: the engine's own, and the prefixes Kubernetes and
+/// Paperclip reserve (`kubernetes.io/`, `k8s.io/`, `paperclip.io/` and their subdomains), except
+/// the recommended `app.kubernetes.io/` labels the engine does not set itself.
+fn is_reserved_label_key(key: &str) -> bool {
+    if crate::manifest::is_adapter_label_key(key) {
+        return true;
+    }
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    prefix != "app.kubernetes.io"
+        && [
+            "kubernetes.io",
+            "k8s.io",
+            "paperclip.io",
+            "opencode-k8s.dev",
+        ]
+        .iter()
+        .any(|reserved| prefix == *reserved || prefix.ends_with(&format!(".{reserved}")))
 }
 
 fn read_resources(r: &mut forms::Reader<'_>) -> Resources {
@@ -412,6 +519,76 @@ mod tests {
     #[test]
     fn non_object_root_is_one_error() {
         assert_eq!(errors(json!([1])), vec!["(root)"]);
+    }
+
+    #[test]
+    fn a_group_that_is_not_an_object_is_refused_not_defaulted() {
+        assert_eq!(
+            errors(json!({"model": "a/b", "resources": "4Gi"})),
+            vec!["resources"]
+        );
+        assert_eq!(
+            errors(json!({"model": "a/b", "resources": {"limits": ["8Gi"]}})),
+            vec!["resources.limits"]
+        );
+    }
+
+    #[test]
+    fn reserved_label_prefixes_are_refused() {
+        for key in [
+            "kubernetes.io/x",
+            "node.kubernetes.io/x",
+            "k8s.io/x",
+            "paperclip.io/x",
+            "opencode-k8s.dev/x",
+            "app.kubernetes.io/managed-by",
+        ] {
+            assert_eq!(
+                errors(json!({"model": "a/b", "labels": {key: "v"}})),
+                vec![format!("labels.{key}")],
+                "{key}"
+            );
+        }
+        let ok = json!({"model": "a/b", "labels": {"app.kubernetes.io/part-of": "x", "example.com/team": "y"}});
+        assert!(AgentConfig::from_json(&ok).is_ok());
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_kubeconfig_content_inline_only() {
+        assert_eq!(
+            errors(
+                json!({"model": "a/b", "instructionsFilePath": "AGENTS.md", "kubeconfig": "k/config"})
+            ),
+            vec!["kubeconfig", "instructionsFilePath"]
+        );
+        let exec = "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers:\n- name: u\n  user:\n    exec:\n      command: sh\n";
+        assert_eq!(
+            errors(json!({"model": "a/b", "kubeconfigContent": exec})),
+            vec!["kubeconfigContent.users[0].user.exec"]
+        );
+    }
+
+    #[test]
+    fn namespace_per_company() {
+        let c = AgentConfig::from_json(&json!({"model": "a/b", "namespace": "agents-{companyId}"}))
+            .unwrap();
+        assert_eq!(c.namespace_for("ABC-1").as_deref(), Some("agents-abc-1"));
+        assert_eq!(
+            errors(
+                json!({"model": "a/b", "namespace": "a-much-too-long-prefix-for-a-namespace-{companyId}"})
+            ),
+            vec!["namespace"]
+        );
+    }
+
+    #[test]
+    fn thinking_effort_is_the_variant_unless_one_is_set() {
+        let c = AgentConfig::from_json(&json!({"model": "a/b", "effort": "high"})).unwrap();
+        assert_eq!(c.variant.as_deref(), Some("high"));
+        let c =
+            AgentConfig::from_json(&json!({"model": "a/b", "effort": "high", "variant": "max"}))
+                .unwrap();
+        assert_eq!(c.variant.as_deref(), Some("max"));
     }
 
     #[test]

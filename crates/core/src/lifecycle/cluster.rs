@@ -1,16 +1,24 @@
 //! Cluster access: which credentials a run uses, and one reused client per distinct cluster.
 //!
-//! Three sources, as an operator configures them: the pod's own service account (the default
-//! when Paperclip runs in the cluster), a kubeconfig file, or kubeconfig content pasted into the
-//! agent's config. Clients are cached by source so a thousand runs share one connection pool.
+//! Sources, as an operator configures them: the pod's own service account (the default when
+//! Paperclip runs in the cluster), a kubeconfig file the operator names (the CLI's
+//! `--kubeconfig`), a kubeconfig file an agent config names (honoured only inside the directory
+//! [`KUBECONFIG_DIR_ENV`] allows), or kubeconfig content pasted into the agent's config (only
+//! inline credentials; see [`crate::config::kubeconfig`]). A refused source never reaches the
+//! kube client, not even through `doctor`. Clients are cached by source so a thousand runs
+//! share one connection pool.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use sha2::{Digest, Sha256};
+
+use crate::config::kubeconfig::{self, KUBECONFIG_DIR_ENV};
+use crate::error_code::ErrorCode;
 
 /// Where the engine gets its cluster credentials from.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -18,8 +26,11 @@ pub enum ClusterSource {
     /// In-cluster service account, falling back to `$KUBECONFIG` / `~/.kube/config` (the order
     /// `kube::Config::infer` uses), for an operator running the CLI on a workstation.
     Default,
-    /// A kubeconfig file at this path (`kubeconfig` in the agent config).
+    /// A kubeconfig file the operator chose (the CLI's `--kubeconfig`).
     KubeconfigPath(PathBuf),
+    /// A kubeconfig file an agent config names (`kubeconfig`): read only when it lies inside
+    /// the directory the server's [`KUBECONFIG_DIR_ENV`] names.
+    AgentKubeconfigPath(PathBuf),
     /// Inline kubeconfig YAML (`kubeconfigContent`). Compared and hashed by content; never
     /// printed.
     KubeconfigContent(String),
@@ -30,7 +41,7 @@ impl ClusterSource {
     pub fn from_fields(path: Option<&str>, content: Option<&str>) -> Self {
         match (path, content) {
             (_, Some(content)) => Self::KubeconfigContent(content.to_owned()),
-            (Some(path), None) => Self::KubeconfigPath(PathBuf::from(path)),
+            (Some(path), None) => Self::AgentKubeconfigPath(PathBuf::from(path)),
             (None, None) => Self::Default,
         }
     }
@@ -48,7 +59,9 @@ impl fmt::Display for ClusterSource {
             Self::Default => {
                 f.write_str("the in-cluster service account or the default kubeconfig")
             }
-            Self::KubeconfigPath(path) => write!(f, "kubeconfig file {}", path.display()),
+            Self::KubeconfigPath(path) | Self::AgentKubeconfigPath(path) => {
+                write!(f, "kubeconfig file {}", path.display())
+            }
             Self::KubeconfigContent(content) => {
                 let digest = Sha256::digest(content.as_bytes());
                 write!(f, "inline kubeconfigContent (sha256 {:.12})", hex(&digest))
@@ -61,7 +74,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Failed to build a client for a [`ClusterSource`]; maps to `k8s_api_unreachable`.
+/// Failed to build a client for a [`ClusterSource`]: `k8s_api_unreachable`, or `config_invalid`
+/// when the agent config's source is refused.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to connect to the cluster using {source_desc}: {reason}; {hint}")]
 pub struct ClusterError {
@@ -71,15 +85,35 @@ pub struct ClusterError {
     pub reason: String,
     /// What the operator can do about it.
     pub hint: &'static str,
+    /// The source was refused before any client was built.
+    pub refused: bool,
 }
 
 impl ClusterError {
+    /// `config_invalid` for a refused source, else `k8s_api_unreachable`.
+    pub const fn code(&self) -> ErrorCode {
+        if self.refused {
+            ErrorCode::ConfigInvalid
+        } else {
+            ErrorCode::K8sApiUnreachable
+        }
+    }
+
+    fn refused(source: &ClusterSource, reason: String) -> Self {
+        Self {
+            source_desc: source.to_string(),
+            reason,
+            hint: "which cluster agents run in is the operator's decision: fix the agent config's `kubeconfig` / `kubeconfigContent`",
+            refused: true,
+        }
+    }
+
     fn new(source: &ClusterSource, reason: impl fmt::Display) -> Self {
         let hint = match source {
             ClusterSource::Default => {
                 "run Paperclip in the cluster with a service account, or set `kubeconfig` / `kubeconfigContent` in the agent config"
             }
-            ClusterSource::KubeconfigPath(_) => {
+            ClusterSource::KubeconfigPath(_) | ClusterSource::AgentKubeconfigPath(_) => {
                 "check that the file exists, is readable by the Paperclip process and is a valid kubeconfig"
             }
             ClusterSource::KubeconfigContent(_) => {
@@ -96,6 +130,7 @@ impl ClusterError {
             source_desc: source.to_string(),
             reason,
             hint,
+            refused: false,
         }
     }
 }
@@ -133,14 +168,56 @@ impl ClientCache {
     }
 }
 
-/// The `kube::Config` a source describes.
+/// Set when the agent configs of this process are the operator's own (the CLI).
+static OPERATOR_CONFIGS: AtomicBool = AtomicBool::new(false);
+
+/// Declares that every agent config this process runs comes from the operator — the
+/// `opencode-k8s` CLI, where whoever passes `--config` also owns the machine — so their
+/// `kubeconfig` paths are honoured anywhere. The Paperclip server never calls this: there agent
+/// configs are edited by Paperclip users and paths are confined to [`KUBECONFIG_DIR_ENV`].
+pub fn trust_agent_kubeconfig_paths() {
+    OPERATOR_CONFIGS.store(true, Ordering::Relaxed);
+}
+
+/// Refuses an agent config's source the operator does not allow, before anything reads it.
+fn check_allowed(source: &ClusterSource) -> Result<(), ClusterError> {
+    match source {
+        ClusterSource::AgentKubeconfigPath(_) if OPERATOR_CONFIGS.load(Ordering::Relaxed) => Ok(()),
+        ClusterSource::AgentKubeconfigPath(path) => {
+            let allowed = std::env::var(KUBECONFIG_DIR_ENV).ok();
+            match kubeconfig::check_path(&path.to_string_lossy(), allowed.as_deref()) {
+                None => Ok(()),
+                Some(accepted) => Err(ClusterError::refused(
+                    source,
+                    format!("`kubeconfig` is refused: expected {accepted}"),
+                )),
+            }
+        }
+        ClusterSource::KubeconfigContent(content) => {
+            let refusals = kubeconfig::check_content(content);
+            if refusals.is_empty() {
+                return Ok(());
+            }
+            let listed: Vec<String> = refusals
+                .into_iter()
+                .map(|r| format!("kubeconfigContent {}: {}", r.path, r.why))
+                .collect();
+            Err(ClusterError::refused(source, listed.join("; ")))
+        }
+        ClusterSource::Default | ClusterSource::KubeconfigPath(_) => Ok(()),
+    }
+}
+
+/// The `kube::Config` a source describes. An agent config's source the operator does not allow
+/// is refused here, before any file is read or plugin run.
 pub async fn load_config(source: &ClusterSource) -> Result<kube::Config, ClusterError> {
+    check_allowed(source)?;
     let options = KubeConfigOptions::default();
     match source {
         ClusterSource::Default => kube::Config::infer()
             .await
             .map_err(|e| ClusterError::new(source, e)),
-        ClusterSource::KubeconfigPath(path) => {
+        ClusterSource::KubeconfigPath(path) | ClusterSource::AgentKubeconfigPath(path) => {
             let file = Kubeconfig::read_from(path).map_err(|e| ClusterError::new(source, e))?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
@@ -200,6 +277,31 @@ mod tests {
         );
         assert!(!shown.contains("secret-token"));
         assert!(!format!("{source:?}").contains("secret-token"));
+    }
+
+    #[tokio::test]
+    async fn refused_sources_never_reach_the_client() {
+        // A file the agent config names, with no directory allowed by the operator (the test
+        // process does not set OPENCODE_K8S_KUBECONFIG_DIR).
+        let source = ClusterSource::from_fields(Some("/root/.kube/config"), None);
+        let Err(err) = ClientCache::default().client(&source).await else {
+            panic!("an agent kubeconfig path outside the allowed directory must be refused")
+        };
+        assert_eq!(err.code(), ErrorCode::ConfigInvalid);
+        assert!(err.to_string().contains(KUBECONFIG_DIR_ENV), "{err}");
+
+        let exec = KUBECONFIG.replace(
+            "    token: secret-token\n",
+            "    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: touch\n      args: [/tmp/pwned]\n",
+        );
+        let Err(err) = ClientCache::default()
+            .client(&ClusterSource::from_fields(None, Some(&exec)))
+            .await
+        else {
+            panic!("an exec plugin must be refused")
+        };
+        assert_eq!(err.code(), ErrorCode::ConfigInvalid);
+        assert!(err.to_string().contains("users[0].user.exec"), "{err}");
     }
 
     #[test]

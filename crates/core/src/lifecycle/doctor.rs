@@ -114,7 +114,11 @@ impl DoctorTarget {
                 config.kubeconfig.as_deref(),
                 config.kubeconfig_content.as_ref().map(|c| c.expose()),
             ),
-            namespace: config.namespace.clone(),
+            // A per-company namespace is known only for a run; doctor checks the default.
+            namespace: config
+                .namespace
+                .clone()
+                .filter(|ns| !ns.contains(crate::config::COMPANY_ID_PLACEHOLDER)),
         }
     }
 }
@@ -154,6 +158,15 @@ pub async fn doctor(target: &DoctorTarget, self_pod: &SelfPod) -> DoctorReport {
     }
     let (check, inherited) = paperclip_pod(&client, self_pod).await;
     report.checks.push(check);
+    if let Some(pod) = &inherited {
+        report.checks.push(Check::pass(
+            "inherited",
+            format!(
+                "agent Jobs inherit from the Paperclip pod: {}",
+                pod.summary().join("; ")
+            ),
+        ));
+    }
     let namespace = target
         .namespace
         .clone()
@@ -174,7 +187,49 @@ pub async fn doctor(target: &DoctorTarget, self_pod: &SelfPod) -> DoctorReport {
             .checks
             .extend(secret_checks(&client, &namespace, pod).await);
     }
+    let subject = credentials_subject(&target.source);
+    if subject != ENGINE_SERVICE_ACCOUNT {
+        for fix in report.checks.iter_mut().filter_map(|c| c.fix.as_mut()) {
+            *fix = fix.replace(ENGINE_SERVICE_ACCOUNT, &subject);
+        }
+    }
     report
+}
+
+/// Who fixes name when the credentials are the pod's own; replaced by [`credentials_subject`]
+/// otherwise.
+const ENGINE_SERVICE_ACCOUNT: &str = "the engine's service account";
+
+/// Who the credentials of `source` authenticate as, in the words a fix uses: the engine's
+/// service account only when it is one; for a kubeconfig, its current context's user.
+fn credentials_subject(source: &ClusterSource) -> String {
+    let kubeconfig = match source {
+        ClusterSource::Default if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            return ENGINE_SERVICE_ACCOUNT.to_owned();
+        }
+        ClusterSource::Default => kube::config::Kubeconfig::read().ok(),
+        ClusterSource::KubeconfigPath(path) | ClusterSource::AgentKubeconfigPath(path) => {
+            kube::config::Kubeconfig::read_from(path).ok()
+        }
+        ClusterSource::KubeconfigContent(content) => {
+            kube::config::Kubeconfig::from_yaml(content).ok()
+        }
+    };
+    let user = kubeconfig.and_then(|k| {
+        let current = k.current_context.clone()?;
+        k.contexts
+            .iter()
+            .find(|c| c.name == current)?
+            .context
+            .as_ref()?
+            .user
+            .clone()
+    });
+    match user {
+        // The kubeconfig's name for the user; the API server may know it by another name.
+        Some(user) => format!("kubeconfig user {user} of {source}"),
+        None => format!("the user of {source}"),
+    }
 }
 
 /// The YAML of one RBAC rule, and where it goes.
@@ -182,10 +237,10 @@ fn rule_fix(rule: &Rule, namespace: &str) -> String {
     let (resource, group) = (rule.resource, rule.group);
     let place = match rule.scope {
         Scope::Namespaced => format!(
-            "add this rule to the Role bound to the engine's service account in namespace {namespace}"
+            "add this rule to the Role bound to {ENGINE_SERVICE_ACCOUNT} in namespace {namespace}"
         ),
         Scope::Cluster => {
-            "add this rule to a ClusterRole bound to the engine's service account".to_owned()
+            format!("add this rule to a ClusterRole bound to {ENGINE_SERVICE_ACCOUNT}")
         }
     };
     let all = match rule.scope {
@@ -586,6 +641,17 @@ async fn secret_checks(client: &kube::Client, namespace: &str, pod: &InheritedPo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubeconfig_is_named_by_its_user_not_as_the_service_account() {
+        let content = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://k:6443\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: alice\ncurrent-context: c\nusers:\n- name: alice\n  user:\n    token: t\n";
+        let who = credentials_subject(&ClusterSource::KubeconfigContent(content.into()));
+        assert!(
+            who.starts_with("kubeconfig user alice of inline kubeconfigContent"),
+            "{who}"
+        );
+        assert!(!who.contains(ENGINE_SERVICE_ACCOUNT));
+    }
 
     #[test]
     fn a_rule_fix_is_yaml_to_paste_into_the_role() {

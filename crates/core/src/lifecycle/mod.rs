@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use self::cluster::{ClientCache, ClusterError, ClusterSource};
+pub use self::cluster::{ClientCache, ClusterError, ClusterSource, trust_agent_kubeconfig_paths};
 pub use self::doctor::{Check, CheckStatus, DoctorReport, DoctorTarget, doctor};
 pub use self::gc::{Collected, GcReport, gc};
 pub use self::introspect::SelfPod;

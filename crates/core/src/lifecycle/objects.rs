@@ -40,6 +40,7 @@ pub(crate) async fn create(
             ));
         }
     }
+    network_policy(client, namespace, rendered).await?;
     let job = match retry("create the Job", || jobs.create(&params, &rendered.job)).await {
         Ok(job) => job,
         // A retried create whose first try went through: the Job is this run's.
@@ -125,6 +126,56 @@ fn with_leftovers(mut error: RunError, left: &[String]) -> RunError {
         );
     }
     error
+}
+
+/// Create the run's NetworkPolicy, if it has one, before its Job: the pod must never start
+/// without it. It is owned by the run's Secret, which the Job owns, so it goes with the run.
+/// On failure the Secret is taken back and nothing of the run is left.
+async fn network_policy(
+    client: &kube::Client,
+    namespace: &str,
+    rendered: &Rendered,
+) -> Result<(), RunError> {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let Some(policy) = &rendered.network_policy else {
+        return Ok(());
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), namespace);
+    let name = rendered.secret.metadata.name.clone().unwrap_or_default();
+    let created = async {
+        let secret = retry("get the Secret", || secrets.get(&name)).await?;
+        let mut policy = policy.clone();
+        policy.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+                name: name.clone(),
+                uid: secret.metadata.uid.unwrap_or_default(),
+                ..Default::default()
+            },
+        ]);
+        let params = PostParams::default();
+        match retry("create the NetworkPolicy", || {
+            policies.create(&params, &policy)
+        })
+        .await
+        {
+            // A retried attempt of this same run created it already.
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            other => other.map(drop),
+        }
+    };
+    if let Err(err) = created.await {
+        let left = take_back(client, namespace, &name, false).await;
+        let error = RunError::api(
+            ErrorCode::K8sJobCreateFailed,
+            &format!("create NetworkPolicy {namespace}/{name}"),
+            &err,
+        );
+        return Err(with_leftovers(error, &left));
+    }
+    Ok(())
 }
 
 /// Delete a Job and (through the owner reference) its Secret. `Foreground` waits for the pod

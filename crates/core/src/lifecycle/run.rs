@@ -319,12 +319,11 @@ impl<'a> Run<'a> {
             .clients
             .client(&source)
             .await
-            .map_err(|err| RunError::new(ErrorCode::K8sApiUnreachable, err.to_string()))?;
+            .map_err(|err| RunError::new(err.code(), err.to_string()))?;
         let inherited = self.inherited(&source, &client).await?;
         let namespace = self
             .config
-            .namespace
-            .clone()
+            .namespace_for(&self.request.company_id)
             .or_else(|| inherited.as_ref().and_then(|pod| pod.namespace.clone()))
             .unwrap_or_else(|| client.default_namespace().to_owned());
         let watch = self.engine.namespace_watch(&source, &client, &namespace);

@@ -3,7 +3,14 @@
 //! The Paperclip Deployment already knows how to reach the registry, the shared volume and the
 //! Paperclip API from inside the cluster; copying those parts keeps the agent pod working
 //! without the operator repeating them in every agent's config. Only the listed parts are
-//! copied: never the pod's service account token, its probes, ports or other containers.
+//! copied: never the pod's service account token, its probes, ports or other containers, and
+//! never the server's own data (its secrets env, a Secret volume holding the secrets master key
+//! file; the shared claim is narrowed by [`super::mounts`]).
+//!
+//! The operator narrows what Secrets are inherited with annotations on the Paperclip pod:
+//! [`EXCLUDE_SECRETS_ANNOTATION`] drops the named Secrets, [`INHERIT_SECRETS_ANNOTATION`]
+//! switches to an allow-list of them. Both apply to Secret volumes, `envFrom` Secrets and env
+//! `secretKeyRef`s alike; [`InheritedPod::summary`] lists what is left.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +21,15 @@ use k8s_openapi::api::core::v1::{
 use serde::Serialize;
 
 use super::{CONTAINER_NAME, ManifestError, WORKSPACE_MOUNT};
+
+/// Annotation on the Paperclip pod: Secrets (comma-separated names) its agent Jobs must not
+/// inherit as volumes, `envFrom` or `secretKeyRef` env.
+pub const EXCLUDE_SECRETS_ANNOTATION: &str = "opencode-k8s.dev/exclude-secrets";
+/// Annotation on the Paperclip pod: when present, agent Jobs inherit only these Secrets
+/// (comma-separated names; empty for none) — an allow-list instead of the default deny-list.
+pub const INHERIT_SECRETS_ANNOTATION: &str = "opencode-k8s.dev/inherit-secrets";
+/// Labels a controller sets per revision; selecting on them would miss the next rollout.
+const REVISION_LABELS: &[&str] = &["pod-template-hash", "controller-revision-hash"];
 
 /// The preferred container of the Paperclip pod; else the first container is used.
 pub const PAPERCLIP_CONTAINER: &str = "paperclip";
@@ -64,6 +80,50 @@ pub struct InheritedPod {
     pub node_selector: BTreeMap<String, String>,
     /// The pod's own tolerations.
     pub tolerations: Vec<Toleration>,
+    /// The pod's labels without per-revision ones: how a NetworkPolicy reaches Paperclip.
+    pub labels: BTreeMap<String, String>,
+    /// Secrets not inherited because of the pod's annotations or because they hold the
+    /// server's own data, with why.
+    pub excluded_secrets: Vec<String>,
+}
+
+/// Which Secrets the pod's annotations let through.
+struct SecretFilter {
+    allow: Option<Vec<String>>,
+    exclude: Vec<String>,
+}
+
+impl SecretFilter {
+    fn from_annotations(annotations: Option<&BTreeMap<String, String>>) -> Self {
+        let list = |key: &str| {
+            annotations.and_then(|a| a.get(key)).map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+        };
+        Self {
+            allow: list(INHERIT_SECRETS_ANNOTATION),
+            exclude: list(EXCLUDE_SECRETS_ANNOTATION).unwrap_or_default(),
+        }
+    }
+
+    /// Why Secret `name` is not inherited, or `None` when it is.
+    fn refuses(&self, name: &str) -> Option<&'static str> {
+        if self.exclude.iter().any(|n| n == name) {
+            Some(EXCLUDE_SECRETS_ANNOTATION)
+        } else if self
+            .allow
+            .as_ref()
+            .is_some_and(|a| !a.iter().any(|n| n == name))
+        {
+            Some(INHERIT_SECRETS_ANNOTATION)
+        } else {
+            None
+        }
+    }
 }
 
 impl InheritedPod {
@@ -115,6 +175,21 @@ impl InheritedPod {
                 volume: workspace_mount.name.clone(),
             })?;
 
+        let filter = SecretFilter::from_annotations(pod.metadata.annotations.as_ref());
+        let mut excluded_secrets = Vec::new();
+        let mut exclude = |name: &str, why: String| {
+            let line = format!("Secret {name}: {why}");
+            if !excluded_secrets.contains(&line) {
+                excluded_secrets.push(line);
+            }
+        };
+        // The file the server reads its secrets master key from, if it says where.
+        let master_key_file = container
+            .env
+            .iter()
+            .flatten()
+            .find(|v| v.name == "PAPERCLIP_SECRETS_MASTER_KEY_FILE")
+            .and_then(|v| v.value.clone());
         let mut secret_volumes = Vec::new();
         let mut secret_mounts = Vec::new();
         for mount in mounts {
@@ -123,6 +198,30 @@ impl InheritedPod {
             };
             // Agent pods never get an API token, whatever the Paperclip pod mounts.
             if mount.mount_path.starts_with(SERVICE_ACCOUNT_MOUNT) {
+                continue;
+            }
+            let secret_name = volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.clone())
+                .unwrap_or_default();
+            if let Some(file) = &master_key_file
+                && std::path::Path::new(file).starts_with(&mount.mount_path)
+            {
+                exclude(
+                    &secret_name,
+                    format!(
+                        "volume {} holds the server's secrets master key",
+                        volume.name
+                    ),
+                );
+                continue;
+            }
+            if let Some(annotation) = filter.refuses(&secret_name) {
+                exclude(
+                    &secret_name,
+                    format!("volume {} ({annotation})", volume.name),
+                );
                 continue;
             }
             if !secret_volumes
@@ -154,6 +253,22 @@ impl InheritedPod {
             .iter()
             .flatten()
             .filter(|var| !withheld_env.contains(&var.name))
+            .filter(|var| {
+                let Some(secret) = var
+                    .value_from
+                    .as_ref()
+                    .and_then(|f| f.secret_key_ref.as_ref())
+                else {
+                    return true;
+                };
+                match filter.refuses(&secret.name) {
+                    Some(annotation) => {
+                        exclude(&secret.name, format!("env {} ({annotation})", var.name));
+                        false
+                    }
+                    None => true,
+                }
+            })
             .cloned()
             .map(|mut var| {
                 // A resource reference to the Paperclip container must point at the agent's.
@@ -169,7 +284,36 @@ impl InheritedPod {
             })
             .collect();
 
+        let env_from = container
+            .env_from
+            .iter()
+            .flatten()
+            .filter(|source| {
+                let Some(secret) = source.secret_ref.as_ref() else {
+                    return true;
+                };
+                match filter.refuses(&secret.name) {
+                    Some(annotation) => {
+                        exclude(&secret.name, format!("envFrom ({annotation})"));
+                        false
+                    }
+                    None => true,
+                }
+            })
+            .cloned()
+            .collect();
+        let labels = pod
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+
         Ok(InheritedPod {
+            labels,
+            excluded_secrets,
             namespace: pod.metadata.namespace.clone(),
             container_name: container.name.clone(),
             image: container.image.clone().filter(|i| !i.is_empty()),
@@ -182,7 +326,7 @@ impl InheritedPod {
             secret_volumes,
             secret_mounts,
             env,
-            env_from: container.env_from.clone().unwrap_or_default(),
+            env_from,
             node_selector: spec.node_selector.clone().unwrap_or_default(),
             tolerations: spec
                 .tolerations
@@ -198,6 +342,56 @@ impl InheritedPod {
                 .collect(),
             pod_name,
         })
+    }
+
+    /// What an agent Job inherits, one line each: env (names and where values come from, never
+    /// the values), `envFrom` sources, Secret volumes, and what was left out and why.
+    pub fn summary(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for var in &self.env {
+            let from = match &var.value_from {
+                None => "literal".to_owned(),
+                Some(source) => match (&source.secret_key_ref, &source.config_map_key_ref) {
+                    (Some(s), _) => format!("Secret {} key {}", s.name, s.key),
+                    (None, Some(c)) => format!("ConfigMap {} key {}", c.name, c.key),
+                    (None, None) => "a field or resource reference".to_owned(),
+                },
+            };
+            out.push(format!("env {} ({from})", var.name));
+        }
+        for source in &self.env_from {
+            let prefix = source.prefix.as_deref().unwrap_or_default();
+            if let Some(s) = &source.secret_ref {
+                out.push(format!("envFrom Secret {} (prefix {prefix:?})", s.name));
+            }
+            if let Some(c) = &source.config_map_ref {
+                out.push(format!("envFrom ConfigMap {} (prefix {prefix:?})", c.name));
+            }
+        }
+        for mount in &self.secret_mounts {
+            let secret = self
+                .secret_volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+                .unwrap_or_default();
+            out.push(format!(
+                "volume {} (Secret {secret}) at {}",
+                mount.name, mount.mount_path
+            ));
+        }
+        if !self.env_from.is_empty() {
+            out.push(format!(
+                "env masked with empty values over envFrom (withheld): {}",
+                self.withheld_env.join(", ")
+            ));
+        }
+        out.extend(
+            self.excluded_secrets
+                .iter()
+                .map(|e| format!("not inherited: {e}")),
+        );
+        out
     }
 
     /// The value of a literal env var of the Paperclip container.

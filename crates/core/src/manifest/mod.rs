@@ -5,14 +5,18 @@
 //! - the prompt and every secret (`PAPERCLIP_API_KEY`, config `env` values) live only in the
 //!   Secret: the prompt is mounted as a file and fed on stdin, the rest read by `secretKeyRef`;
 //!   nothing secret is ever literal in the Job spec;
-//! - one container, the main image, no init container;
+//! - one container, the main image; one init container (same image, a fixed `mkdir`) creates
+//!   the agent's state directory;
+//! - the agent mounts only its own part of the shared volume ([`mounts`]);
 //! - the pod passes Pod Security "restricted";
 //! - env is layered inherited → `PAPERCLIP_*` → config `env` → engine-owned, later wins by
 //!   name at the first position;
 //! - `--session` only when resuming in the same cwd (OpenCode hangs otherwise).
 
 mod inherit;
+mod mounts;
 mod names;
+mod network;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -34,7 +38,10 @@ use crate::error_code::ErrorCode;
 pub use crate::resume::ResumeDecision;
 use crate::resume::{self, Saved};
 
-pub use inherit::{InheritedPod, PAPERCLIP_CONTAINER};
+pub use inherit::{
+    EXCLUDE_SECRETS_ANNOTATION, INHERIT_SECRETS_ANNOTATION, InheritedPod, PAPERCLIP_CONTAINER,
+};
+pub use mounts::{HOME_INIT_CONTAINER, STATE_ROOT};
 pub use names::{
     AGENT_ID_KEY, AGENT_NAME_ANNOTATION, APP_NAME_KEY, APP_NAME_VALUE, ATTEMPT_ANNOTATION,
     COMPANY_ID_KEY, KEY_PREFIX, MANAGED_BY_KEY, MANAGED_BY_VALUE, RESUME_SESSION_ANNOTATION,
@@ -83,6 +90,7 @@ const PROMPT_FILE_MODE: i32 = 0o440;
 const POD_UID: i64 = 1000;
 const PROMPT_VOLUME: &str = "opencode-k8s-run";
 const HOME_VOLUME: &str = "paperclip-home";
+const TMP_VOLUME: &str = "opencode-k8s-tmp";
 
 /// Why the objects of a run cannot be rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +122,22 @@ pub enum ManifestError {
         pod: String,
         /// The volume mounted at `/paperclip`.
         volume: String,
+    },
+    /// The run's working directory is not on the shared claim, so the agent could not see it.
+    #[error(
+        "failed to render the agent Job: the run's working directory {cwd} is not below {WORKSPACE_MOUNT}, the shared volume; agent pods mount only their workspace from the shared claim, so give the agent a workspace under {WORKSPACE_MOUNT} (or set `cwd` in the agent config)"
+    )]
+    CwdOffClaim {
+        /// The working directory.
+        cwd: String,
+    },
+    /// `namespace` with `{companyId}` does not make a valid namespace for this company.
+    #[error(
+        "failed to render the agent Job: namespace {namespace:?} (from `namespace` with the company id) is not a DNS-1123 label; use a shorter prefix in `namespace`"
+    )]
+    BadNamespace {
+        /// The namespace made.
+        namespace: String,
     },
     /// Neither the config nor the Paperclip pod names an image.
     #[error(
@@ -199,6 +223,10 @@ pub struct Rendered {
     pub not_inherited: Vec<String>,
     /// Things that render but may not work as the operator expects, for the run log.
     pub warnings: Vec<String>,
+    /// What the Job inherits from the Paperclip pod, one line each (for `render` and `doctor`).
+    pub inherited: Vec<String>,
+    /// The run's default-deny egress policy, when `networkPolicy` is on.
+    pub network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 /// Decides whether to pass `--session` (see [`crate::resume`]): the request's saved session
@@ -293,9 +321,15 @@ pub fn render(
     }
 
     let namespace = config
-        .namespace
-        .clone()
+        .namespace_for(&req.company_id)
         .or_else(|| inherited.and_then(|p| p.namespace.clone()));
+    if let Some(ns) = namespace.as_deref()
+        && !crate::config::syntax::is_dns1123_label(ns)
+    {
+        return Err(ManifestError::BadNamespace {
+            namespace: ns.to_owned(),
+        });
+    }
     if let (Some(pod), Some(ns)) = (inherited, &namespace)
         && pod.namespace.as_ref().is_some_and(|pod_ns| pod_ns != ns)
     {
@@ -304,13 +338,7 @@ pub fn render(
             pod.namespace.as_deref().unwrap_or_default()
         ));
     }
-    if let Some(cwd) = cwd
-        && !(cwd == WORKSPACE_MOUNT || cwd.starts_with(&format!("{WORKSPACE_MOUNT}/")))
-    {
-        warnings.push(format!(
-            "the run's cwd {cwd} is outside the shared volume {WORKSPACE_MOUNT}; the agent pod will not see the Paperclip workspace there"
-        ));
-    }
+    let home = mounts::agent_home(&req.company_id, &req.agent_id);
 
     // Secret data: everything secret, nothing else.
     let mut data = BTreeMap::new();
@@ -350,10 +378,13 @@ pub fn render(
         });
     }
 
-    let env = build_env(req, inherited, config, &name, opencode_config);
+    let env = build_env(req, inherited, config, &name, &home, opencode_config);
 
     let mut args = vec![
-        "opencode".to_owned(),
+        config
+            .command
+            .clone()
+            .unwrap_or_else(|| "opencode".to_owned()),
         "run".into(),
         "--format".into(),
         "json".into(),
@@ -367,11 +398,45 @@ pub fn render(
     }
     args.extend(config.extra_args.iter().cloned());
 
+    let container_security = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: config.read_only_root_filesystem.then_some(true),
+        ..Default::default()
+    };
+    let mut init_containers = Vec::new();
     let (mut volumes, mut mounts) = match inherited {
         Some(pod) => {
-            let mut volumes = vec![pod.workspace_volume.clone()];
+            let instructions_dir = config
+                .instructions_file_path
+                .as_deref()
+                .and_then(|f| std::path::Path::new(f).parent())
+                .and_then(|d| d.to_str());
+            let claim = mounts::claim_mounts(
+                &pod.workspace_volume,
+                &pod.workspace_mount,
+                cwd,
+                &home,
+                instructions_dir,
+                Container {
+                    image: Some(image.clone()),
+                    image_pull_policy: Some(config.image_pull_policy.as_str().into()),
+                    resources: Some(resources(config)),
+                    security_context: Some(SecurityContext {
+                        read_only_root_filesystem: Some(true),
+                        ..container_security.clone()
+                    }),
+                    ..Default::default()
+                },
+            )?;
+            init_containers.push(claim.init);
+            let mut volumes = vec![claim.volume];
             volumes.extend(pod.secret_volumes.iter().cloned());
-            let mut mounts = vec![pod.workspace_mount.clone()];
+            let mut mounts = claim.mounts;
             mounts.extend(pod.secret_mounts.iter().cloned());
             (volumes, mounts)
         }
@@ -401,6 +466,19 @@ pub fn render(
             )
         }
     };
+    if config.read_only_root_filesystem {
+        // OpenCode and the tools it runs write temporary files; caches live in HOME.
+        volumes.push(Volume {
+            name: TMP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        });
+    }
     volumes.push(Volume {
         name: PROMPT_VOLUME.into(),
         secret: Some(SecretVolumeSource {
@@ -435,15 +513,7 @@ pub fn render(
             .filter(|e| !e.is_empty()),
         resources: Some(resources(config)),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            run_as_non_root: Some(true),
-            ..Default::default()
-        }),
+        security_context: Some(container_security),
         ..Default::default()
     };
 
@@ -463,6 +533,8 @@ pub fn render(
     let pod_spec = PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![container],
+        init_containers: (!init_containers.is_empty()).then_some(init_containers),
+        runtime_class_name: config.runtime_class_name.clone(),
         volumes: Some(volumes),
         automount_service_account_token: Some(false),
         service_account_name: config.service_account_name.clone(),
@@ -523,12 +595,17 @@ pub fn render(
         data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
         ..Default::default()
     };
+    let network_policy = config
+        .network_policy
+        .then(|| network::network_policy(&name, namespace.as_deref(), &job, inherited, config));
     Ok(Rendered {
         job,
         secret,
         resume,
         not_inherited,
         warnings,
+        inherited: inherited.map(InheritedPod::summary).unwrap_or_default(),
+        network_policy,
     })
 }
 
@@ -604,6 +681,7 @@ fn build_env(
     inherited: Option<&InheritedPod>,
     config: &AgentConfig,
     secret_name: &str,
+    home: &str,
     opencode_config: Option<String>,
 ) -> Vec<EnvVar> {
     let mut env = EnvList::default();
@@ -650,17 +728,11 @@ fn build_env(
     if let Some(url) = &config.paperclip_api_url {
         env.literal("PAPERCLIP_API_URL", url.clone());
     }
-    env.literal("HOME", WORKSPACE_MOUNT);
+    env.literal("HOME", home);
     env.literal("OPENCODE_DISABLE_PROJECT_CONFIG", "true");
     env.literal("OPENCODE_DISABLE_AUTOUPDATE", "1");
-    env.literal(
-        "OPENCODE_DB",
-        format!(
-            "{WORKSPACE_MOUNT}/.opencode-k8s/{}/{}/opencode.db",
-            names::path_segment(&req.company_id),
-            names::path_segment(&req.agent_id)
-        ),
-    );
+    // The same path as before agents got their own HOME, so saved sessions still resume.
+    env.literal("OPENCODE_DB", format!("{home}/opencode.db"));
     match opencode_config {
         // A config-supplied value may hold provider keys: it stays in the Secret.
         Some(_) if config.env.contains_key("OPENCODE_CONFIG_CONTENT") => {}

@@ -41,8 +41,9 @@ pub enum YamlError {
     },
 }
 
-/// The Job then the Secret, each as a `---`-separated YAML document with `apiVersion` and
-/// `kind`.
+/// A comment listing what the Job inherits from the Paperclip pod, then the Job, the Secret
+/// and (with `networkPolicy`) the NetworkPolicy, each as a `---`-separated YAML document with
+/// `apiVersion` and `kind`.
 pub fn to_yaml(rendered: &Rendered, values: SecretValues) -> Result<String, YamlError> {
     let job = object_value("Job", &rendered.job)?;
     let mut secret = object_value("Secret", &rendered.secret)?;
@@ -61,7 +62,17 @@ pub fn to_yaml(rendered: &Rendered, values: SecretValues) -> Result<String, Yaml
         }
     }
     let mut out = String::new();
-    for (kind, doc) in [("Job", job), ("Secret", secret)] {
+    if !rendered.inherited.is_empty() {
+        out.push_str("# inherited from the Paperclip pod:\n");
+        for line in &rendered.inherited {
+            out.push_str(&format!("#   {line}\n"));
+        }
+    }
+    let mut docs = vec![("Job", job), ("Secret", secret)];
+    if let Some(policy) = &rendered.network_policy {
+        docs.push(("NetworkPolicy", object_value("NetworkPolicy", policy)?));
+    }
+    for (kind, doc) in docs {
         let text =
             serde_saphyr::to_string(&doc).map_err(|source| YamlError::Yaml { kind, source })?;
         out.push_str("---\n");

@@ -182,7 +182,7 @@ fn unworkable_values_are_rejected_at_their_path() {
         (json!({"variant": "--high"}), &["variant"]),
         (
             json!({"kubeconfig": "/k", "kubeconfigContent": "x"}),
-            &["kubeconfigContent"],
+            &["kubeconfigContent", "kubeconfigContent"],
         ),
         (json!({"promptTemplate": 5}), &["promptTemplate"]),
     ];

@@ -303,7 +303,14 @@ fn env_layers_keep_first_position_and_inherited_api_url() {
             .map(|(_, v)| v.clone())
             .unwrap()
     };
-    assert_eq!(value("HOME"), json!("/paperclip"));
+    assert_eq!(
+        value("HOME"),
+        json!(format!(
+            "/paperclip/.opencode-k8s/{}/{}",
+            request().company_id,
+            request().agent_id
+        ))
+    );
     assert_eq!(
         value("PAPERCLIP_API_URL"),
         json!("http://paperclip.paperclip.svc.cluster.local:3100"),
@@ -426,7 +433,19 @@ fn assert_valid(r: &Rendered, req: &RunRequest) {
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Never");
     assert_eq!(pod["automountServiceAccountToken"], false);
-    assert!(pod.get("initContainers").is_none());
+    for init in pod["initContainers"].as_array().into_iter().flatten() {
+        // The init container runs only the engine's own fixed command, as locked down as the
+        // agent, and sees no secret.
+        assert_eq!(init["name"], manifest::HOME_INIT_CONTAINER);
+        assert_eq!(init["command"][0], "mkdir");
+        assert!(init.get("env").is_none() && init.get("envFrom").is_none());
+        assert_eq!(init["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(init["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            init["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+    }
     assert!(pod.get("hostNetwork").is_none() && pod.get("hostPID").is_none());
     let psc = &pod["securityContext"];
     assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
@@ -484,7 +503,18 @@ fn assert_valid(r: &Rendered, req: &RunRequest) {
             "duplicate mount path {m}"
         );
     }
-    assert!(paths.contains("/paperclip") && paths.contains("/var/run/opencode-k8s"));
+    assert!(paths.contains("/var/run/opencode-k8s"));
+    // The shared claim is never mounted whole: only subPaths below /paperclip.
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let volume = volumes.iter().find(|v| v["name"] == m["name"]).unwrap();
+        if volume.get("persistentVolumeClaim").is_some() {
+            assert!(
+                m["mountPath"].as_str().unwrap().starts_with("/paperclip/")
+                    && !m["subPath"].as_str().unwrap_or_default().is_empty(),
+                "claim mounted whole: {m}"
+            );
+        }
+    }
     let data = secret["data"].as_object().unwrap();
     let mut names = BTreeSet::new();
     for e in c["env"].as_array().unwrap() {
@@ -544,7 +574,7 @@ fn printed_yaml_reads_back_as_the_same_objects() {
     );
     let text = manifest::to_yaml(&r, SecretValues::Base64).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
-    assert_eq!(docs.len(), 2);
+    assert_eq!(docs.len(), 2 + usize::from(r.network_policy.is_some()));
     let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(docs[0].clone()).unwrap();
     let secret: k8s_openapi::api::core::v1::Secret =
         serde_json::from_value(docs[1].clone()).unwrap();
@@ -605,4 +635,301 @@ fn the_servers_own_secrets_never_reach_an_agent() {
             "{masked:?}"
         );
     }
+}
+
+#[test]
+fn every_option_on() {
+    let mut v: Value =
+        serde_json::from_str(&read(&format!("{EXAMPLES}/agent-config-full.json"))).unwrap();
+    for (key, value) in [
+        ("namespace", json!("agents-{companyId}")),
+        ("runtimeClassName", json!("gvisor")),
+        ("networkPolicy", json!(true)),
+        (
+            "networkPolicyEgress",
+            json!("0.0.0.0/0:443 10.20.0.0/16:8080,8443"),
+        ),
+        ("readOnlyRootFilesystem", json!("yes")),
+    ] {
+        v[key] = value;
+    }
+    let req = request();
+    let r = render_ok(&req, Some(&example_pod()), &config(v));
+    let pod = pod_spec(&r);
+    assert_eq!(pod["runtimeClassName"], "gvisor");
+    assert_eq!(
+        r.job.metadata.namespace.as_deref(),
+        Some(format!("agents-{}", req.company_id).as_str())
+    );
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    let policy = serde_json::to_value(r.network_policy.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        r.job.metadata.namespace.as_deref().unwrap()
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Egress"]));
+    insta::assert_snapshot!(snapshot_text(&r));
+}
+
+#[test]
+fn an_agent_mounts_only_its_workspace_home_and_instructions() {
+    let req = request();
+    let r = render_ok(
+        &req,
+        Some(&example_pod()),
+        &example_config("agent-config-full.json"),
+    );
+    let pod = pod_spec(&r);
+    let claim = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v.get("persistentVolumeClaim").is_some())
+        .unwrap()["name"]
+        .clone();
+    let mut mounts: Vec<(String, bool)> = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == claim)
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap().to_owned(),
+                m["readOnly"] == true,
+            )
+        })
+        .collect();
+    mounts.sort();
+    let home = format!(
+        "/paperclip/.opencode-k8s/{}/{}",
+        req.company_id, req.agent_id
+    );
+    assert_eq!(
+        mounts,
+        vec![
+            (home.clone(), false),
+            ("/paperclip/instructions".to_owned(), true),
+            (CWD.to_owned(), false),
+        ]
+    );
+    let env = container_env(&r);
+    let get = |name: &str| env.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(get("HOME"), json!(home));
+    assert_eq!(get("OPENCODE_DB"), json!(format!("{home}/opencode.db")));
+}
+
+#[test]
+fn a_cwd_off_the_shared_claim_is_refused_before_anything_is_created() {
+    let mut req = request();
+    for cwd in ["/tmp/elsewhere", "/paperclip"] {
+        req.cwd = Some(cwd.into());
+        let err = manifest::render(&req, Some(&example_pod()), &config(json!({"model": "a/b"})))
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ConfigInvalid, "{cwd}");
+        assert!(err.to_string().contains(cwd), "{err}");
+    }
+}
+
+#[test]
+fn secrets_the_operator_excludes_or_does_not_allow_are_not_inherited() {
+    let mut pod: Pod =
+        serde_saphyr::from_str(&read(&format!("{EXAMPLES}/paperclip-pod.yaml"))).unwrap();
+    let spec = pod.spec.as_mut().unwrap();
+    spec.volumes.get_or_insert_with(Vec::new).extend([
+        serde_json::from_value(json!({"name": "ca", "secret": {"secretName": "ca-bundle"}}))
+            .unwrap(),
+        serde_json::from_value(json!({"name": "keys", "secret": {"secretName": "server-keys"}}))
+            .unwrap(),
+    ]);
+    let container = &mut spec.containers[0];
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .extend([
+            serde_json::from_value(json!({"name": "ca", "mountPath": "/etc/ca"})).unwrap(),
+            serde_json::from_value(json!({"name": "keys", "mountPath": "/etc/paperclip-keys"}))
+                .unwrap(),
+        ]);
+    container.env.get_or_insert_with(Vec::new).extend([
+        serde_json::from_value(json!({"name": "PAPERCLIP_SECRETS_MASTER_KEY_FILE", "value": "/etc/paperclip-keys/master.key"})).unwrap(),
+        serde_json::from_value(json!({"name": "LLM_KEY", "valueFrom": {"secretKeyRef": {"name": "llm", "key": "k"}}})).unwrap(),
+    ]);
+    container.env_from = Some(vec![
+        serde_json::from_value(json!({"secretRef": {"name": "server-env"}})).unwrap(),
+        serde_json::from_value(json!({"secretRef": {"name": "llm"}})).unwrap(),
+    ]);
+    let mut summary = |annotations: &[(&str, &str)]| {
+        pod.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        let inherited = InheritedPod::from_pod(&pod, None).unwrap();
+        render_ok(
+            &request(),
+            Some(&inherited),
+            &config(json!({"model": "a/b"})),
+        )
+        .inherited
+    };
+    // Default: everything but the master key's volume is inherited, and listed.
+    let all = summary(&[]);
+    for line in [
+        "volume ca (Secret ca-bundle) at /etc/ca",
+        "envFrom Secret server-env (prefix \"\")",
+        "env LLM_KEY (Secret llm key k)",
+        "not inherited: Secret server-keys: volume keys holds the server's secrets master key",
+    ] {
+        assert!(
+            all.iter().any(|l| l == line),
+            "{line} missing from {all:#?}"
+        );
+    }
+    let excluded = summary(&[(
+        manifest::EXCLUDE_SECRETS_ANNOTATION,
+        "server-env, ca-bundle",
+    )]);
+    assert!(
+        !excluded
+            .iter()
+            .any(|l| l.starts_with("envFrom Secret server-env"))
+    );
+    assert!(!excluded.iter().any(|l| l.starts_with("volume ca ")));
+    assert!(excluded.iter().any(|l| l.starts_with("env LLM_KEY")));
+    // Allow-list: only `llm` gets through, as env and envFrom.
+    let allowed = summary(&[(manifest::INHERIT_SECRETS_ANNOTATION, "llm")]);
+    let inherited: Vec<&String> = allowed
+        .iter()
+        .filter(|l| !l.starts_with("not inherited") && l.contains("Secret"))
+        .collect();
+    assert_eq!(
+        inherited,
+        vec![
+            "env LLM_KEY (Secret llm key k)",
+            "envFrom Secret llm (prefix \"\")"
+        ]
+    );
+}
+
+/// From inside an agent pod (kube-sim binds each mount at its path), the claim shows only the
+/// agent's workspace, its home and the read-only instructions; the rest of the Paperclip home —
+/// other workspaces, instance data, the secrets key — is not there. kube-sim runs pods on the
+/// host's root filesystem, so the test looks for the claim's files, not for an empty `/paperclip`.
+#[tokio::test]
+async fn from_inside_an_agent_pod_only_its_own_work_is_visible() {
+    use crate::lifecycle::{Harness, NS, request};
+    use opencode_k8s_core::lifecycle::RunStatus;
+
+    let h = Harness::start().await;
+    let claim = h.cluster.pvc_path(NS, "paperclip-data");
+    for (path, text) in [
+        ("workspaces/project/README.md", "mine"),
+        ("workspaces/other-company/secret-plan.md", "theirs"),
+        ("instances/default/secrets/master.key", "server key"),
+        ("instances/default/plugins/adapter.js", "server code"),
+        ("instructions/agent-1/AGENTS.md", "be nice"),
+    ] {
+        let file = claim.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
+    }
+    // Paperclip's own tree belongs to uid 1000 like the server's files.
+    std::process::Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(&claim)
+        .status()
+        .unwrap();
+    h.opencode(
+        "cat > /dev/null\n\
+         find /paperclip -type f 2>/dev/null | sort\n\
+         echo HOME=$HOME\n\
+         touch README.written && echo cwd-writable\n\
+         touch \"$HOME/state\" && echo home-writable\n\
+         touch /paperclip/instructions/agent-1/x 2>/dev/null || echo instructions-read-only",
+    );
+    let (result, sink) = h
+        .run(
+            request("run-ls", "agent-1"),
+            json!({"instructionsFilePath": "/paperclip/instructions/agent-1/AGENTS.md"}),
+        )
+        .await;
+    assert_eq!(result.status, RunStatus::Succeeded, "{:?}", sink.lines());
+    let out = sink.output();
+    let home = "/paperclip/.opencode-k8s/company-1/agent-1";
+    for seen in [
+        "/paperclip/workspaces/project/README.md",
+        "/paperclip/instructions/agent-1/AGENTS.md",
+        &format!("HOME={home}"),
+        "cwd-writable",
+        "home-writable",
+        "instructions-read-only",
+    ] {
+        assert!(out.contains(seen), "{seen} missing from:\n{out}");
+    }
+    for hidden in ["secret-plan.md", "master.key", "adapter.js"] {
+        assert!(
+            !out.contains(hidden),
+            "{hidden} visible to the agent:\n{out}"
+        );
+    }
+    assert!(claim.join("workspaces/project/README.written").exists());
+    assert!(claim.join(".opencode-k8s/company-1/agent-1/state").exists());
+}
+
+/// A run in a directory off the shared claim, and an agent config naming a kubeconfig file the
+/// operator did not allow, fail with `config_invalid` and leave nothing in the cluster.
+#[tokio::test]
+async fn refused_runs_create_nothing() {
+    use crate::lifecycle::{Collect, Harness, NS, request};
+    use opencode_k8s_core::lifecycle::Bounds;
+    use opencode_k8s_testkit::Resource;
+    use tokio_util::sync::CancellationToken;
+
+    let h = Harness::start().await;
+    let engine = h.engine(Bounds::default());
+    let mut off_claim = request("run-off-claim", "agent-1");
+    off_claim.cwd = Some("/srv/elsewhere".into());
+    let err = engine
+        .run(
+            off_claim,
+            &h.config(json!({})),
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ConfigInvalid);
+    assert!(err.message.contains("/srv/elsewhere"), "{}", err.message);
+
+    // The agent config names the cluster's own kubeconfig file: refused, no client is built.
+    let mut by_path = h.config(json!({}));
+    by_path.kubeconfig_content = None;
+    by_path.kubeconfig = Some(h.cluster.kubeconfig_path().display().to_string());
+    let err = engine
+        .run(
+            request("run-by-path", "agent-1"),
+            &by_path,
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ConfigInvalid);
+    assert!(
+        err.message.contains("OPENCODE_K8S_KUBECONFIG_DIR"),
+        "{}",
+        err.message
+    );
+
+    assert!(h.jobs().is_empty());
+    assert!(
+        h.cluster
+            .list_json(Resource::Secrets, Some(NS))
+            .iter()
+            .all(|s| s["metadata"]["name"] == "paperclip-secrets")
+    );
 }

@@ -64,7 +64,7 @@ impl E2e {
     pub(crate) fn config(&self, model: Behaviour, extra: Value) -> AgentConfig {
         let mut config = json!({
             "model": model.model(),
-            "kubeconfig": self.cluster.kubeconfig_path(),
+            "kubeconfigContent": std::fs::read_to_string(self.cluster.kubeconfig_path()).unwrap(),
             "namespace": NS,
             "timeoutSec": "120",
             "env": {

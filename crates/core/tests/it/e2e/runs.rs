@@ -230,12 +230,18 @@ fn assert_uid_1000_with_home_on_the_shared_volume(e2e: &E2e, result: &RunResult,
     assert_eq!(user, Some(1000), "{pod:#}");
     let env = container["env"].as_array().expect("env");
     let home = env.iter().find(|e| e["name"] == "HOME").expect("HOME set");
-    assert_eq!(home["value"], "/paperclip");
+    // Each agent's HOME is its own state directory on the shared volume.
+    assert_eq!(
+        home["value"],
+        format!("/paperclip/.opencode-k8s/company-1/{agent}")
+    );
 
     let claim = e2e.cluster.pvc_path(NS, "paperclip-data");
     for path in [
         claim.join(format!(".opencode-k8s/company-1/{agent}/opencode.db")),
-        claim.join(".local/share/opencode"),
+        claim.join(format!(
+            ".opencode-k8s/company-1/{agent}/.local/share/opencode"
+        )),
     ] {
         let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(meta.uid(), 1000, "{}", path.display());

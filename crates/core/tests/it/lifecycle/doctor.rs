@@ -208,18 +208,13 @@ async fn exactly_the_rules_of_the_table_are_enough_to_run() {
     assert!(not_passed.is_empty(), "{not_passed:#?}");
 
     let admin = std::fs::read_to_string(h.cluster.kubeconfig_path()).unwrap();
-    let kubeconfig = h.file(
-        "table-kubeconfig",
-        admin
-            .replace(h.cluster.admin_token(), "table-token")
-            .as_bytes(),
-    );
+    let kubeconfig = admin.replace(h.cluster.admin_token(), "table-token");
     let out = h.file("run1.jsonl", &fixture("opencode/run1.stdout.jsonl"));
     h.opencode(&format!("cat > /dev/null; cat {}", out.display()));
     let (result, sink) = h
         .run(
             request("run-table", "agent-1"),
-            json!({"kubeconfig": kubeconfig}),
+            json!({"kubeconfigContent": kubeconfig}),
         )
         .await;
     assert_eq!(result.status, RunStatus::Succeeded, "{:?}", sink.lines());

@@ -12,7 +12,7 @@ use super::{Collect, Harness, NS, request};
 /// A fake that records when it ran in a file on the shared volume.
 fn timed(h: &Harness, seconds: &str) {
     h.opencode(&format!(
-        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID $(date +%s%N)\" >> /paperclip/timeline\nsleep {seconds}\necho \"end $PAPERCLIP_RUN_ID $(date +%s%N)\" >> /paperclip/timeline\necho done"
+        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID $(date +%s%N)\" >> /paperclip/workspaces/project/timeline\nsleep {seconds}\necho \"end $PAPERCLIP_RUN_ID $(date +%s%N)\" >> /paperclip/workspaces/project/timeline\necho done"
     ));
 }
 
@@ -50,8 +50,12 @@ async fn two_concurrent_runs_of_one_agent_run_one_after_the_other() {
         "{second:?}\n{:?}",
         b.lines()
     );
-    let timeline =
-        std::fs::read_to_string(h.cluster.pvc_path(NS, "paperclip-data").join("timeline")).unwrap();
+    let timeline = std::fs::read_to_string(
+        h.cluster
+            .pvc_path(NS, "paperclip-data")
+            .join("workspaces/project/timeline"),
+    )
+    .unwrap();
     let marks: Vec<(&str, &str)> = timeline
         .lines()
         .map(|l| {
@@ -145,8 +149,12 @@ async fn different_agents_run_side_by_side() {
     );
     assert_eq!(a.unwrap().status, RunStatus::Succeeded);
     assert_eq!(b.unwrap().status, RunStatus::Succeeded);
-    let timeline =
-        std::fs::read_to_string(h.cluster.pvc_path(NS, "paperclip-data").join("timeline")).unwrap();
+    let timeline = std::fs::read_to_string(
+        h.cluster
+            .pvc_path(NS, "paperclip-data")
+            .join("workspaces/project/timeline"),
+    )
+    .unwrap();
     let order: Vec<&str> = timeline
         .lines()
         .map(|l| l.split(' ').next().unwrap())

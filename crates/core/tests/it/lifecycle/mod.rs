@@ -77,7 +77,7 @@ impl Harness {
     pub(crate) fn config(&self, extra: Value) -> AgentConfig {
         let mut config = json!({
             "model": "fake/fake-model",
-            "kubeconfig": self.cluster.kubeconfig_path(),
+            "kubeconfigContent": std::fs::read_to_string(self.cluster.kubeconfig_path()).unwrap(),
             "namespace": NS,
             "env": {"PATH": format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.path().display())},
             "ttlSecondsAfterFinished": "300",
