@@ -74,6 +74,8 @@ enum Role {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The benchmark is the operator's tool: its agent configs are its own.
+    opencode_k8s_core::lifecycle::trust_agent_kubeconfig_paths();
     match cli.role {
         Some(Role::Gen { lines, bytes, rate }) => {
             generate::run(generate::Plan { lines, bytes, rate })

@@ -110,6 +110,8 @@ pub fn say(line: &str) {
 impl Tier {
     /// Connects with the admin kubeconfig at `path` and makes sure the agent image is there.
     pub async fn connect(path: &Path) -> Result<Tier, Error> {
+        // The tier is the operator: the engine kubeconfig paths in its agent configs are its own.
+        opencode_k8s_core::lifecycle::trust_agent_kubeconfig_paths();
         let kubeconfig = Kubeconfig::read_from(path)?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())

@@ -10,7 +10,7 @@ use crate::stderr;
 async fn two_processes_racing_for_one_agent_run_one_job_at_a_time() {
     let sim = Sim::start().await;
     sim.opencode(
-        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/timeline\necho done",
+        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\necho done",
     );
     // Every request slow: both processes are between their look at the agent's Jobs and their
     // create at once, which a per-process guard cannot see.
@@ -23,7 +23,16 @@ async fn two_processes_racing_for_one_agent_run_one_job_at_a_time() {
         sim.command(&run_args(
             config,
             "hi",
-            &["--pod", POD, "--agent-id", "agent-1", "--run-id", run],
+            &[
+                "--pod",
+                POD,
+                "--cwd",
+                "/paperclip/workspaces/project",
+                "--agent-id",
+                "agent-1",
+                "--run-id",
+                run,
+            ],
         ))
         .output()
     };
@@ -31,9 +40,12 @@ async fn two_processes_racing_for_one_agent_run_one_job_at_a_time() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.status.success(), "{}", stderr(&a));
     assert!(b.status.success(), "{}", stderr(&b));
-    let timeline =
-        std::fs::read_to_string(sim.cluster.pvc_path(NS, "paperclip-data").join("timeline"))
-            .unwrap();
+    let timeline = std::fs::read_to_string(
+        sim.cluster
+            .pvc_path(NS, "paperclip-data")
+            .join("workspaces/project/timeline"),
+    )
+    .unwrap();
     let marks: Vec<&str> = timeline.lines().collect();
     assert_eq!(marks.len(), 4, "{timeline}");
     for pair in marks.chunks(2) {

@@ -222,6 +222,7 @@ async fn diagnostics_on_a_file_are_plain_readable_lines() {
         vec![
             Rule::allow(&["*"], "batch", &["jobs"], Some(NS)),
             Rule::allow(&["*"], "", &["pods", "pods/log", "secrets"], Some(NS)),
+            Rule::allow(&["*"], "coordination.k8s.io", &["leases"], Some(NS)),
         ],
     );
     let kubeconfig = sim.kubeconfig_for("no-events");

@@ -181,19 +181,14 @@ async fn a_run_refused_midway_removes_what_it_created() {
     h.cluster
         .add_user("no-patch-token", "paperclip-sa", granted);
     let admin = std::fs::read_to_string(h.cluster.kubeconfig_path()).unwrap();
-    let kubeconfig = h.file(
-        "no-patch-kubeconfig",
-        admin
-            .replace(h.cluster.admin_token(), "no-patch-token")
-            .as_bytes(),
-    );
+    let kubeconfig = admin.replace(h.cluster.admin_token(), "no-patch-token");
     h.opencode("cat > /dev/null\nsleep 30");
     let sink = Collect::default();
     let err = h
         .engine(Bounds::default())
         .run(
             request("run-midway", "agent-1"),
-            &h.config(json!({"kubeconfig": kubeconfig})),
+            &h.config(json!({"kubeconfigContent": kubeconfig})),
             &sink,
             CancellationToken::new(),
         )
@@ -227,19 +222,14 @@ async fn objects_that_cannot_be_removed_are_named_in_the_error() {
     h.cluster
         .add_user("no-delete-token", "paperclip-sa", granted);
     let admin = std::fs::read_to_string(h.cluster.kubeconfig_path()).unwrap();
-    let kubeconfig = h.file(
-        "no-delete-kubeconfig",
-        admin
-            .replace(h.cluster.admin_token(), "no-delete-token")
-            .as_bytes(),
-    );
+    let kubeconfig = admin.replace(h.cluster.admin_token(), "no-delete-token");
     h.opencode("cat > /dev/null\nsleep 30");
     let sink = Collect::default();
     let err = h
         .engine(Bounds::default())
         .run(
             request("run-leftovers", "agent-1"),
-            &h.config(json!({"kubeconfig": kubeconfig})),
+            &h.config(json!({"kubeconfigContent": kubeconfig})),
             &sink,
             CancellationToken::new(),
         )

@@ -183,7 +183,7 @@ async fn cancelling_a_run_that_adopted_an_orphan_ends_the_orphan() {
 /// A fake that records when it ran in a file on the shared volume.
 fn timed(h: &Harness) {
     h.opencode(
-        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/timeline\necho done",
+        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\necho done",
     );
 }
 
@@ -216,8 +216,12 @@ async fn two_engines_racing_for_one_agent_run_one_job_at_a_time() {
             sink.lines()
         );
     }
-    let timeline =
-        std::fs::read_to_string(h.cluster.pvc_path(NS, "paperclip-data").join("timeline")).unwrap();
+    let timeline = std::fs::read_to_string(
+        h.cluster
+            .pvc_path(NS, "paperclip-data")
+            .join("workspaces/project/timeline"),
+    )
+    .unwrap();
     let marks: Vec<&str> = timeline.lines().collect();
     assert_eq!(marks.len(), 8, "{timeline}");
     for pair in marks.chunks(2) {
