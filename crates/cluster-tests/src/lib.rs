@@ -611,7 +611,7 @@ impl Sandbox {
             task_key: Some(format!("task-{run_id}")),
             prompt: format!("{plan}\n"),
             fresh_prompt: None,
-            cwd: Some("/paperclip".into()),
+            cwd: Some("/paperclip/workspaces/tier".into()),
             paperclip_env: BTreeMap::from([("PAPERCLIP_RUN_ID".to_owned(), run_id.to_owned())]),
             api_key: Some("tier-agent-token".into()),
             resume: None,
