@@ -152,6 +152,11 @@ impl Tier {
         })
     }
 
+    /// The node directory behind every sandbox's `/paperclip` claim (the tier runs on the node).
+    pub fn claim_host_dir(&self) -> &Path {
+        Path::new(&self.hostpath)
+    }
+
     /// A new sandbox namespace for `test`.
     pub async fn sandbox(&self, test: &str, options: SandboxOptions) -> Result<Sandbox, Error> {
         Sandbox::create(self, test, options).await

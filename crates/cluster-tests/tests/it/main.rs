@@ -6,6 +6,7 @@
 
 mod codes;
 mod gc;
+mod isolation;
 mod output;
 mod reattach;
 mod requests;

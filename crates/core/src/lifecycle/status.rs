@@ -137,30 +137,53 @@ pub(crate) struct Blocker {
     pub(crate) message: String,
 }
 
-/// A blocker visible in the pod's status.
+/// A blocker visible in the pod's status: the agent container's, or an init container's (the
+/// one that creates the agent's home runs the same image, so a bad image or a missing Secret
+/// shows there first), or an init container that failed.
 pub(crate) fn pod_blocker(pod: &Pod, container: &str) -> Option<Blocker> {
-    if let Some(waiting) =
-        container_status(pod, container).and_then(|s| s.state.as_ref()?.waiting.as_ref())
-    {
-        let reason = waiting.reason.as_deref().unwrap_or_default();
-        let message = waiting.message.clone().unwrap_or_default();
-        let code = match reason {
-            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
-                Some(ErrorCode::K8sImagePullFailed)
-            }
-            "CreateContainerConfigError" | "CreateContainerError" => {
-                Some(ErrorCode::K8sContainerConfigError)
-            }
-            _ => None,
-        };
-        if let Some(code) = code {
-            return Some(Blocker {
-                code,
-                message: format!("{reason}: {message}"),
-            });
+    let status = pod.status.as_ref()?;
+    let inits = status.init_container_statuses.iter().flatten();
+    let waiting = container_status(pod, container)
+        .into_iter()
+        .chain(inits.clone())
+        .filter_map(|s| s.state.as_ref()?.waiting.as_ref());
+    for waiting in waiting {
+        if let Some(blocker) = waiting_blocker(
+            waiting.reason.as_deref().unwrap_or_default(),
+            waiting.message.as_deref().unwrap_or_default(),
+        ) {
+            return Some(blocker);
         }
     }
-    None
+    inits
+        .filter_map(|s| Some((s.name.as_str(), s.state.as_ref()?.terminated.as_ref()?)))
+        .find(|(_, terminated)| terminated.exit_code != 0)
+        .map(|(name, terminated)| Blocker {
+            code: ErrorCode::K8sVolumeMountFailed,
+            message: format!(
+                "init container {name} exited with code {}: {}",
+                terminated.exit_code,
+                terminated
+                    .message
+                    .as_deref()
+                    .or(terminated.reason.as_deref())
+                    .unwrap_or_default()
+            ),
+        })
+}
+
+fn waiting_blocker(reason: &str, message: &str) -> Option<Blocker> {
+    let code = match reason {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+            ErrorCode::K8sImagePullFailed
+        }
+        "CreateContainerConfigError" | "CreateContainerError" => ErrorCode::K8sContainerConfigError,
+        _ => return None,
+    };
+    Some(Blocker {
+        code,
+        message: format!("{reason}: {message}"),
+    })
 }
 
 /// The scheduler said no — except while a PersistentVolumeClaim is still binding, which
@@ -325,6 +348,46 @@ mod tests {
             blocker
                 .message
                 .contains("secret \"missing-secret\" not found"),
+            "{}",
+            blocker.message
+        );
+    }
+
+    /// The same pod as the real capture, with the blocked status on an init container instead.
+    fn blocked_in_init(name: &str) -> Pod {
+        let mut pod = first_pod(name);
+        let status = pod.status.as_mut().unwrap();
+        status.init_container_statuses = status.container_statuses.take();
+        pod
+    }
+
+    #[test]
+    fn an_init_container_blocked_or_failed_is_a_blocker_too() {
+        let pull = blocked_in_init("35-pods-imagepull.json");
+        assert_eq!(
+            pod_blocker(&pull, "opencode").map(|b| b.code),
+            Some(ErrorCode::K8sImagePullFailed)
+        );
+        let cfg = blocked_in_init("35-pods-cfgerr.json");
+        assert_eq!(
+            pod_blocker(&cfg, "opencode").map(|b| b.code),
+            Some(ErrorCode::K8sContainerConfigError)
+        );
+        let mut failed = blocked_in_init("35-pods-exit3.json");
+        failed
+            .status
+            .as_mut()
+            .unwrap()
+            .init_container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .name = "opencode-k8s-home".into();
+        let blocker = pod_blocker(&failed, "opencode").unwrap();
+        assert_eq!(blocker.code, ErrorCode::K8sVolumeMountFailed);
+        assert!(
+            blocker
+                .message
+                .starts_with("init container opencode-k8s-home exited with code 3"),
             "{}",
             blocker.message
         );
