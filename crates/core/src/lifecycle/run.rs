@@ -382,25 +382,11 @@ impl<'a> Run<'a> {
     /// Holding the agent's Lease: create the attempt's objects, follow this attempt's own Job
     /// (a reattach), or take an orphan to harvest first.
     async fn start(&self, target: &Target, rendered: &Rendered) -> Result<Started, RunError> {
-        let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
-        let selector = manifest::agent_selector(&self.request.agent_id);
         let waited_since = Instant::now();
         loop {
-            let params = kube::api::ListParams::default().labels(&selector);
-            let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
-                .await
-                .map_err(|err| {
-                    RunError::api(
-                        ErrorCode::K8sConcurrencyGuardUnreachable,
-                        &format!(
-                            "list the Jobs of agent {} in namespace {}",
-                            self.request.agent_id, target.namespace
-                        ),
-                        &err,
-                    )
-                })?;
+            let listed = self.agent_jobs(target).await?;
             let this_job = rendered.job.metadata.name.as_deref().unwrap_or_default();
-            let blocking = match guard::judge(&listed.items, this_job, !self.config.retain_jobs) {
+            let blocking = match guard::judge(&listed, this_job, !self.config.retain_jobs) {
                 // A reattach continues output that exists: it never starts the work again.
                 guard::Verdict::Clear | guard::Verdict::Orphan(_) if self.checkpoint.is_some() => {
                     return Err(RunError::new(
@@ -411,75 +397,111 @@ impl<'a> Run<'a> {
                         ),
                     ));
                 }
-                guard::Verdict::Clear => {
-                    let name = rendered.job.metadata.name.clone().unwrap_or_default();
-                    let sub = target.watch.subscribe(&name);
-                    objects::create(&target.client, &target.namespace, rendered).await?;
-                    self.notice(format!("created Job {}/{name}", target.namespace))
-                        .await;
-                    return Ok(Started {
-                        job_name: name,
-                        sub,
-                        orphan: None,
-                    });
-                }
-                guard::Verdict::Mine(job) => {
-                    let name = job.metadata.name.clone().unwrap_or_default();
-                    self.notice(format!(
-                        "reattaching to Job {}/{name}, already running this work",
-                        target.namespace
-                    ))
-                    .await;
-                    return Ok(Started {
-                        sub: target.watch.subscribe(&name),
-                        job_name: name,
-                        orphan: None,
-                    });
-                }
-                guard::Verdict::Orphan(job) => {
-                    let name = job.metadata.name.clone().unwrap_or_default();
-                    let run = annotation(&job, manifest::RUN_ID_KEY).unwrap_or("an unknown run");
-                    self.notice(format!(
-                        "Job {}/{name} of run {run} was left behind and nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
-                        target.namespace
-                    ))
-                    .await;
-                    return Ok(Started {
-                        sub: target.watch.subscribe(&name),
-                        job_name: name,
-                        orphan: Some(job),
-                    });
-                }
+                guard::Verdict::Clear => return self.create(target, rendered).await,
+                guard::Verdict::Mine(job) => return Ok(self.reattach(target, &job).await),
+                guard::Verdict::Orphan(job) => return Ok(self.adopt_orphan(target, job).await),
                 guard::Verdict::Deleting(job) => job,
             };
-            let name = blocking.metadata.name.clone().unwrap_or_default();
-            let left = self
-                .engine
-                .options
-                .bounds
-                .concurrency_wait
-                .saturating_sub(waited_since.elapsed());
-            if left.is_zero() {
-                return Err(RunError::new(
-                    ErrorCode::K8sConcurrentRunBlocked,
-                    format!(
-                        "Job {}/{name} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
-                        target.namespace,
-                        self.engine.options.bounds.concurrency_wait.as_secs()
+            self.wait_deleted(target, &blocking, waited_since).await?;
+        }
+    }
+
+    /// The agent's Jobs in the run's namespace.
+    async fn agent_jobs(&self, target: &Target) -> Result<Vec<Job>, RunError> {
+        let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
+        let params = kube::api::ListParams::default()
+            .labels(&manifest::agent_selector(&self.request.agent_id));
+        let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
+            .await
+            .map_err(|err| {
+                RunError::api(
+                    ErrorCode::K8sConcurrencyGuardUnreachable,
+                    &format!(
+                        "list the Jobs of agent {} in namespace {}",
+                        self.request.agent_id, target.namespace
                     ),
-                ));
-            }
-            self.notice(format!(
-                "waiting for Job {}/{name}, another run of this agent, to be deleted",
-                target.namespace
-            ))
+                    &err,
+                )
+            })?;
+        Ok(listed.items)
+    }
+
+    /// Create this attempt's Job, watching it from before it exists.
+    async fn create(&self, target: &Target, rendered: &Rendered) -> Result<Started, RunError> {
+        let name = rendered.job.metadata.name.clone().unwrap_or_default();
+        let sub = target.watch.subscribe(&name);
+        objects::create(&target.client, &target.namespace, rendered).await?;
+        self.notice(format!("created Job {}/{name}", target.namespace))
             .await;
-            let mut sub = target.watch.subscribe(&name);
-            tokio::select! {
-                () = self.cancel.cancelled() => return Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
-                () = tokio::time::sleep(left) => {}
-                () = wait_until_gone(&mut sub) => {}
-            }
+        Ok(Started {
+            job_name: name,
+            sub,
+            orphan: None,
+        })
+    }
+
+    /// Follow this attempt's Job, already there (a restart of this process).
+    async fn reattach(&self, target: &Target, job: &Job) -> Started {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        self.notice(format!(
+            "reattaching to Job {}/{name}, already running this work",
+            target.namespace
+        ))
+        .await;
+        Started {
+            sub: target.watch.subscribe(&name),
+            job_name: name,
+            orphan: None,
+        }
+    }
+
+    /// Follow a Job nobody follows, to harvest it before this run's own.
+    async fn adopt_orphan(&self, target: &Target, job: Box<Job>) -> Started {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let run = annotation(&job, manifest::RUN_ID_KEY).unwrap_or("an unknown run");
+        self.notice(format!(
+            "Job {}/{name} of run {run} was left behind and nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
+            target.namespace
+        ))
+        .await;
+        Started {
+            sub: target.watch.subscribe(&name),
+            job_name: name,
+            orphan: Some(job),
+        }
+    }
+
+    /// Wait for a Job of this agent being deleted to be gone, up to the concurrency bound
+    /// counted from `waited_since`.
+    async fn wait_deleted(
+        &self,
+        target: &Target,
+        blocking: &Job,
+        waited_since: Instant,
+    ) -> Result<(), RunError> {
+        let name = blocking.metadata.name.clone().unwrap_or_default();
+        let bound = self.engine.options.bounds.concurrency_wait;
+        let left = bound.saturating_sub(waited_since.elapsed());
+        if left.is_zero() {
+            return Err(RunError::new(
+                ErrorCode::K8sConcurrentRunBlocked,
+                format!(
+                    "Job {}/{name} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
+                    target.namespace,
+                    bound.as_secs()
+                ),
+            ));
+        }
+        self.notice(format!(
+            "waiting for Job {}/{name}, another run of this agent, to be deleted",
+            target.namespace
+        ))
+        .await;
+        let mut sub = target.watch.subscribe(&name);
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
+            () = tokio::time::sleep(left) => Ok(()),
+            () = wait_until_gone(&mut sub) => Ok(()),
         }
     }
 
