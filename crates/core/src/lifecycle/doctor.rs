@@ -447,35 +447,47 @@ async fn claim_check(
             None,
         );
     };
+    match get_claim(client, namespace, &claim).await {
+        Ok(pvc) => judge_claim(namespace, &claim, &pvc),
+        Err(check) => check,
+    }
+}
+
+/// The shared volume's claim, or the failed check saying why it cannot be read.
+async fn get_claim(
+    client: &kube::Client,
+    namespace: &str,
+    claim: &str,
+) -> Result<PersistentVolumeClaim, Check> {
+    let name = "shared volume";
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let pvc = match retry("get the claim", || api.get_opt(&claim)).await {
-        Ok(Some(pvc)) => pvc,
-        Ok(None) => {
-            return Check::fail(
-                name,
-                format!(
-                    "PersistentVolumeClaim {namespace}/{claim} (mounted at {WORKSPACE_MOUNT} by the Paperclip pod) does not exist in the Jobs' namespace"
-                ),
-                Some(format!(
-                    "run the agent Jobs in the Paperclip pod's namespace (`namespace` in the agent config), or create a ReadWriteMany claim {claim} in namespace {namespace}"
-                )),
-            );
-        }
-        Err(err) if is_status(&err, 403) => {
-            return Check::fail(
-                name,
-                format!("cannot read PersistentVolumeClaim {namespace}/{claim}: forbidden"),
-                find_rule("", "persistentvolumeclaims", "get").map(|r| rule_fix(r, namespace)),
-            );
-        }
-        Err(err) => {
-            return Check::fail(
-                name,
-                format!("failed to get PersistentVolumeClaim {namespace}/{claim}: {err}"),
-                None,
-            );
-        }
-    };
+    match retry("get the claim", || api.get_opt(claim)).await {
+        Ok(Some(pvc)) => Ok(pvc),
+        Ok(None) => Err(Check::fail(
+            name,
+            format!(
+                "PersistentVolumeClaim {namespace}/{claim} (mounted at {WORKSPACE_MOUNT} by the Paperclip pod) does not exist in the Jobs' namespace"
+            ),
+            Some(format!(
+                "run the agent Jobs in the Paperclip pod's namespace (`namespace` in the agent config), or create a ReadWriteMany claim {claim} in namespace {namespace}"
+            )),
+        )),
+        Err(err) if is_status(&err, 403) => Err(Check::fail(
+            name,
+            format!("cannot read PersistentVolumeClaim {namespace}/{claim}: forbidden"),
+            find_rule("", "persistentvolumeclaims", "get").map(|r| rule_fix(r, namespace)),
+        )),
+        Err(err) => Err(Check::fail(
+            name,
+            format!("failed to get PersistentVolumeClaim {namespace}/{claim}: {err}"),
+            None,
+        )),
+    }
+}
+
+/// The shared volume's check from its claim: ReadWriteMany, and bound.
+fn judge_claim(namespace: &str, claim: &str, pvc: &PersistentVolumeClaim) -> Check {
+    let name = "shared volume";
     let modes = pvc
         .spec
         .as_ref()

@@ -20,32 +20,53 @@ pub(crate) async fn create(
     namespace: &str,
     rendered: &Rendered,
 ) -> Result<Job, RunError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
     let name = rendered.job.metadata.name.clone().unwrap_or_default();
+    create_secret(client, namespace, &name, rendered).await?;
+    network_policy(client, namespace, rendered).await?;
+    let job = create_job(client, namespace, &name, rendered).await?;
+    own_secret(client, namespace, &name, &job).await?;
+    Ok(job)
+}
+
+/// Create the run's Secret; one left by an earlier attempt of this run is reused.
+async fn create_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    rendered: &Rendered,
+) -> Result<(), RunError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let params = PostParams::default();
     match retry("create the Secret", || {
         secrets.create(&params, &rendered.secret)
     })
     .await
     {
-        Ok(_) => {}
+        Ok(_) => Ok(()),
         // Left by an earlier attempt of this same run that died between the two creates.
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(err) => {
-            return Err(RunError::api(
-                ErrorCode::K8sJobCreateFailed,
-                &format!("create Secret {namespace}/{name}"),
-                &err,
-            ));
-        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(RunError::api(
+            ErrorCode::K8sJobCreateFailed,
+            &format!("create Secret {namespace}/{name}"),
+            &err,
+        )),
     }
-    network_policy(client, namespace, rendered).await?;
-    let job = match retry("create the Job", || jobs.create(&params, &rendered.job)).await {
-        Ok(job) => job,
+}
+
+/// Create the run's Job; on failure take back what the run created.
+async fn create_job(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    rendered: &Rendered,
+) -> Result<Job, RunError> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let params = PostParams::default();
+    match retry("create the Job", || jobs.create(&params, &rendered.job)).await {
+        Ok(job) => Ok(job),
         // A retried create whose first try went through: the Job is this run's.
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            let existing = retry("get the Job", || jobs.get(&name))
+            let existing = retry("get the Job", || jobs.get(name))
                 .await
                 .map_err(|err| {
                     RunError::api(
@@ -62,18 +83,28 @@ pub(crate) async fn create(
                     ),
                 ));
             }
-            existing
+            Ok(existing)
         }
         Err(err) => {
-            let left = take_back(client, namespace, &name, false).await;
+            let left = take_back(client, namespace, name, false).await;
             let error = RunError::api(
                 ErrorCode::K8sJobCreateFailed,
                 &format!("create Job {namespace}/{name}"),
                 &err,
             );
-            return Err(with_leftovers(error, &left));
+            Err(with_leftovers(error, &left))
         }
-    };
+    }
+}
+
+/// Make the Job the owner of the run's Secret, so the Secret goes with it.
+async fn own_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    job: &Job,
+) -> Result<(), RunError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let owner = json!({
         "metadata": {"ownerReferences": [{
             "apiVersion": "batch/v1",
@@ -84,13 +115,13 @@ pub(crate) async fn create(
     });
     let (patch, params) = (Patch::Merge(&owner), PatchParams::default());
     if let Err(err) = retry("set the Secret's owner", || {
-        secrets.patch(&name, &params, &patch)
+        secrets.patch(name, &params, &patch)
     })
     .await
     {
         // Without the owner reference the Secret (prompt, agent token) would outlive its Job:
         // take both back rather than leave a Job nobody follows.
-        let left = take_back(client, namespace, &name, true).await;
+        let left = take_back(client, namespace, name, true).await;
         let error = RunError::api(
             ErrorCode::K8sJobCreateFailed,
             &format!("set the owner of Secret {namespace}/{name}"),
@@ -98,7 +129,7 @@ pub(crate) async fn create(
         );
         return Err(with_leftovers(error, &left));
     }
-    Ok(job)
+    Ok(())
 }
 
 /// Remove what a failed [`create`] made: the Job (with `job`) and the Secret. Returns what could

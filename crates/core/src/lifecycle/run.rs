@@ -382,25 +382,11 @@ impl<'a> Run<'a> {
     /// Holding the agent's Lease: create the attempt's objects, follow this attempt's own Job
     /// (a reattach), or take an orphan to harvest first.
     async fn start(&self, target: &Target, rendered: &Rendered) -> Result<Started, RunError> {
-        let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
-        let selector = manifest::agent_selector(&self.request.agent_id);
         let waited_since = Instant::now();
         loop {
-            let params = kube::api::ListParams::default().labels(&selector);
-            let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
-                .await
-                .map_err(|err| {
-                    RunError::api(
-                        ErrorCode::K8sConcurrencyGuardUnreachable,
-                        &format!(
-                            "list the Jobs of agent {} in namespace {}",
-                            self.request.agent_id, target.namespace
-                        ),
-                        &err,
-                    )
-                })?;
+            let listed = self.agent_jobs(target).await?;
             let this_job = rendered.job.metadata.name.as_deref().unwrap_or_default();
-            let blocking = match guard::judge(&listed.items, this_job, !self.config.retain_jobs) {
+            let blocking = match guard::judge(&listed, this_job, !self.config.retain_jobs) {
                 // A reattach continues output that exists: it never starts the work again.
                 guard::Verdict::Clear | guard::Verdict::Orphan(_) if self.checkpoint.is_some() => {
                     return Err(RunError::new(
@@ -411,75 +397,111 @@ impl<'a> Run<'a> {
                         ),
                     ));
                 }
-                guard::Verdict::Clear => {
-                    let name = rendered.job.metadata.name.clone().unwrap_or_default();
-                    let sub = target.watch.subscribe(&name);
-                    objects::create(&target.client, &target.namespace, rendered).await?;
-                    self.notice(format!("created Job {}/{name}", target.namespace))
-                        .await;
-                    return Ok(Started {
-                        job_name: name,
-                        sub,
-                        orphan: None,
-                    });
-                }
-                guard::Verdict::Mine(job) => {
-                    let name = job.metadata.name.clone().unwrap_or_default();
-                    self.notice(format!(
-                        "reattaching to Job {}/{name}, already running this work",
-                        target.namespace
-                    ))
-                    .await;
-                    return Ok(Started {
-                        sub: target.watch.subscribe(&name),
-                        job_name: name,
-                        orphan: None,
-                    });
-                }
-                guard::Verdict::Orphan(job) => {
-                    let name = job.metadata.name.clone().unwrap_or_default();
-                    let run = annotation(&job, manifest::RUN_ID_KEY).unwrap_or("an unknown run");
-                    self.notice(format!(
-                        "Job {}/{name} of run {run} was left behind and nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
-                        target.namespace
-                    ))
-                    .await;
-                    return Ok(Started {
-                        sub: target.watch.subscribe(&name),
-                        job_name: name,
-                        orphan: Some(job),
-                    });
-                }
+                guard::Verdict::Clear => return self.create(target, rendered).await,
+                guard::Verdict::Mine(job) => return Ok(self.reattach(target, &job).await),
+                guard::Verdict::Orphan(job) => return Ok(self.adopt_orphan(target, job).await),
                 guard::Verdict::Deleting(job) => job,
             };
-            let name = blocking.metadata.name.clone().unwrap_or_default();
-            let left = self
-                .engine
-                .options
-                .bounds
-                .concurrency_wait
-                .saturating_sub(waited_since.elapsed());
-            if left.is_zero() {
-                return Err(RunError::new(
-                    ErrorCode::K8sConcurrentRunBlocked,
-                    format!(
-                        "Job {}/{name} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
-                        target.namespace,
-                        self.engine.options.bounds.concurrency_wait.as_secs()
+            self.wait_deleted(target, &blocking, waited_since).await?;
+        }
+    }
+
+    /// The agent's Jobs in the run's namespace.
+    async fn agent_jobs(&self, target: &Target) -> Result<Vec<Job>, RunError> {
+        let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
+        let params = kube::api::ListParams::default()
+            .labels(&manifest::agent_selector(&self.request.agent_id));
+        let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
+            .await
+            .map_err(|err| {
+                RunError::api(
+                    ErrorCode::K8sConcurrencyGuardUnreachable,
+                    &format!(
+                        "list the Jobs of agent {} in namespace {}",
+                        self.request.agent_id, target.namespace
                     ),
-                ));
-            }
-            self.notice(format!(
-                "waiting for Job {}/{name}, another run of this agent, to be deleted",
-                target.namespace
-            ))
+                    &err,
+                )
+            })?;
+        Ok(listed.items)
+    }
+
+    /// Create this attempt's Job, watching it from before it exists.
+    async fn create(&self, target: &Target, rendered: &Rendered) -> Result<Started, RunError> {
+        let name = rendered.job.metadata.name.clone().unwrap_or_default();
+        let sub = target.watch.subscribe(&name);
+        objects::create(&target.client, &target.namespace, rendered).await?;
+        self.notice(format!("created Job {}/{name}", target.namespace))
             .await;
-            let mut sub = target.watch.subscribe(&name);
-            tokio::select! {
-                () = self.cancel.cancelled() => return Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
-                () = tokio::time::sleep(left) => {}
-                () = wait_until_gone(&mut sub) => {}
-            }
+        Ok(Started {
+            job_name: name,
+            sub,
+            orphan: None,
+        })
+    }
+
+    /// Follow this attempt's Job, already there (a restart of this process).
+    async fn reattach(&self, target: &Target, job: &Job) -> Started {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        self.notice(format!(
+            "reattaching to Job {}/{name}, already running this work",
+            target.namespace
+        ))
+        .await;
+        Started {
+            sub: target.watch.subscribe(&name),
+            job_name: name,
+            orphan: None,
+        }
+    }
+
+    /// Follow a Job nobody follows, to harvest it before this run's own.
+    async fn adopt_orphan(&self, target: &Target, job: Box<Job>) -> Started {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let run = annotation(&job, manifest::RUN_ID_KEY).unwrap_or("an unknown run");
+        self.notice(format!(
+            "Job {}/{name} of run {run} was left behind and nobody follows it (the process that started it is gone and its Lease expired): following it first to record its output, usage and cost; this run's own prompt runs after it. Its output from the start:",
+            target.namespace
+        ))
+        .await;
+        Started {
+            sub: target.watch.subscribe(&name),
+            job_name: name,
+            orphan: Some(job),
+        }
+    }
+
+    /// Wait for a Job of this agent being deleted to be gone, up to the concurrency bound
+    /// counted from `waited_since`.
+    async fn wait_deleted(
+        &self,
+        target: &Target,
+        blocking: &Job,
+        waited_since: Instant,
+    ) -> Result<(), RunError> {
+        let name = blocking.metadata.name.clone().unwrap_or_default();
+        let bound = self.engine.options.bounds.concurrency_wait;
+        let left = bound.saturating_sub(waited_since.elapsed());
+        if left.is_zero() {
+            return Err(RunError::new(
+                ErrorCode::K8sConcurrentRunBlocked,
+                format!(
+                    "Job {}/{name} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
+                    target.namespace,
+                    bound.as_secs()
+                ),
+            ));
+        }
+        self.notice(format!(
+            "waiting for Job {}/{name}, another run of this agent, to be deleted",
+            target.namespace
+        ))
+        .await;
+        let mut sub = target.watch.subscribe(&name);
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
+            () = tokio::time::sleep(left) => Ok(()),
+            () = wait_until_gone(&mut sub) => Ok(()),
         }
     }
 
@@ -495,7 +517,7 @@ impl<'a> Run<'a> {
         let mut follow = Follow::new(self.engine.options.bounds, resumed, cursor);
         loop {
             follow.promote_pending();
-            if let Some(done) = follow.done() {
+            if let Phase::Done(done) = follow.phase() {
                 return follow.harvest(done);
             }
             let deadline = follow.next_deadline();
@@ -680,6 +702,28 @@ async fn wait_until_gone(sub: &mut Subscription) {
             return;
         }
     }
+}
+
+/// Where one attempt is, from its Job's creation to the end of following it: every attempt
+/// moves forward through these, skipping some (a Job can end before its pod is scheduled) and
+/// possibly jumping to `Done` from any of them (a cancel, a blocker, a vanished Job).
+/// [`Follow::phase`] derives it from what was observed; each observation (`observe_pod`, a Job
+/// update in `apply`, `logs_ended`, `deadline_passed`, a cancel) is a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The Job exists, its pod is not scheduled yet; bounded by [`super::Bounds::schedule`].
+    Pending { since: Instant },
+    /// The pod is on a node, the container has not started; bounded by
+    /// [`super::Bounds::start`].
+    Scheduled { since: Instant },
+    /// The container started and its output is followed; a resumed session must print its
+    /// first event within [`super::Bounds::resume_first_event`].
+    Running { since: Instant },
+    /// The Job or the container ended: waiting for the rest of the output, the pod or the Job's
+    /// condition, at most [`super::Bounds::settle`] after the latest output.
+    Ended { since: Instant },
+    /// Following is over, for this reason.
+    Done(Done),
 }
 
 /// Why following stopped.
@@ -907,7 +951,26 @@ impl Follow {
         })
     }
 
-    fn done(&self) -> Option<Done> {
+    /// The attempt's phase now.
+    fn phase(&self) -> Phase {
+        self.stopped()
+            .map_or_else(|| self.live_phase(), Phase::Done)
+    }
+
+    /// The phase the observations reached, before asking whether following is over.
+    fn live_phase(&self) -> Phase {
+        match (self.settle_from, self.scheduled_at, self.started_at) {
+            (Some(since), _, _) => Phase::Ended { since },
+            (None, None, _) => Phase::Pending {
+                since: self.created_at,
+            },
+            (None, Some(since), None) => Phase::Scheduled { since },
+            (None, Some(_), Some(since)) => Phase::Running { since },
+        }
+    }
+
+    /// Why following is over, if it is.
+    fn stopped(&self) -> Option<Done> {
         if self.cancelled {
             return Some(Done::Cancelled);
         }
@@ -921,36 +984,34 @@ impl Follow {
         if self.output_error.is_some() {
             return Some(Done::OutputLost);
         }
-        let logs_complete = self.logs_complete();
         let pod_over = *self.state_tx.borrow() == ContainerState::Gone || self.exit.is_some();
-        if self.vanished && (logs_complete || !pod_over) {
+        if self.vanished && (self.logs_complete() || !pod_over) {
             return Some(if self.exit.is_some() {
                 Done::Finished
             } else {
                 Done::Vanished
             });
         }
+        match self.live_phase() {
+            Phase::Ended { .. } if self.ended_settled(pod_over) => Some(Done::Finished),
+            _ => None,
+        }
+    }
+
+    /// Whether an ended Job or container has nothing more to wait for.
+    fn ended_settled(&self, pod_over: bool) -> bool {
         let settled = self.waited(self.bounds.settle);
         match (&self.job_end, &self.exit) {
             // The container's terminated state decides, as soon as its output is read: v1.36
             // writes `Complete`/`Failed` only after the pod's finalizer is gone, seconds later.
-            (job_end, Some(exit))
-                if logs_complete
-                    && (exit.code == 0 || job_end.is_some() || self.exited(JOB_TARGET_GRACE)) =>
-            {
-                Some(Done::Finished)
+            (job_end, Some(exit)) if self.logs_complete() => {
+                exit.code == 0 || job_end.is_some() || self.exited(JOB_TARGET_GRACE) || settled
             }
             // A Job that ended without its container ever running (deadline while pending).
-            (Some(_), None)
-                if self.started_at.is_none()
-                    && (pod_over
-                        || settled
-                        || self.pod_name.is_none() && self.waited(POD_GRACE)) =>
-            {
-                Some(Done::Finished)
+            (Some(_), None) if self.started_at.is_none() => {
+                pod_over || settled || self.pod_name.is_none() && self.waited(POD_GRACE)
             }
-            _ if settled => Some(Done::Finished),
-            _ => None,
+            _ => settled,
         }
     }
 
@@ -1000,30 +1061,27 @@ impl Follow {
                 deadlines.push(from + POD_GRACE);
             }
         }
-        if self.job_end.is_none() && self.exit.is_none() {
-            match (self.scheduled_at, self.started_at) {
-                (None, _) => deadlines.push(self.created_at + self.bounds.schedule),
-                (Some(at), None) => deadlines.push(at + self.bounds.start),
-                (Some(_), Some(started)) if self.resumed && !self.parser.saw_event() => {
-                    deadlines.push(started + self.bounds.resume_first_event);
-                }
-                _ => {}
+        match self.live_phase() {
+            Phase::Pending { since } => deadlines.push(since + self.bounds.schedule),
+            Phase::Scheduled { since } => deadlines.push(since + self.bounds.start),
+            Phase::Running { since } if self.resumed && !self.parser.saw_event() => {
+                deadlines.push(since + self.bounds.resume_first_event);
             }
+            _ => {}
         }
         deadlines.into_iter().min().unwrap_or(far)
     }
 
+    /// The bound of the current phase passed: a pod not scheduled or a container not started
+    /// in time blocks the run, a resume that prints nothing hangs.
     fn deadline_passed(&mut self) {
-        if self.job_end.is_some() || self.exit.is_some() {
-            return;
-        }
         let warning = self
             .last_warning
             .as_deref()
             .map(|w| format!("; last warning: {w}"))
             .unwrap_or_default();
-        match (self.scheduled_at, self.started_at) {
-            (None, _) if self.created_at.elapsed() >= self.bounds.schedule => {
+        match self.live_phase() {
+            Phase::Pending { since } if since.elapsed() >= self.bounds.schedule => {
                 self.blocker = Some(Blocker {
                     code: ErrorCode::K8sPodUnschedulable,
                     message: format!(
@@ -1032,7 +1090,7 @@ impl Follow {
                     ),
                 });
             }
-            (Some(at), None) if at.elapsed() >= self.bounds.start => {
+            Phase::Scheduled { since } if since.elapsed() >= self.bounds.start => {
                 self.blocker = Some(Blocker {
                     code: ErrorCode::K8sPodStartTimeout,
                     message: format!(
@@ -1041,10 +1099,10 @@ impl Follow {
                     ),
                 });
             }
-            (Some(_), Some(started))
+            Phase::Running { since }
                 if self.resumed
                     && !self.parser.saw_event()
-                    && started.elapsed() >= self.bounds.resume_first_event =>
+                    && since.elapsed() >= self.bounds.resume_first_event =>
             {
                 self.hung_resume = true;
             }
@@ -1083,5 +1141,182 @@ impl Follow {
             hung_resume: done == Done::HungResume,
             attempts: 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/../../fixtures/kube/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn first_pod(name: &str) -> Pod {
+        let list: serde_json::Value = fixture(name);
+        serde_json::from_value(list["items"][0].clone()).unwrap()
+    }
+
+    /// The pod updates a real watch delivered, from scheduled to succeeded (exit 0).
+    fn lifecycle_pods() -> Vec<Pod> {
+        let path = format!(
+            "{}/../../fixtures/kube/40-watch-pod-lifecycle.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(line).unwrap();
+                serde_json::from_value(event["object"].clone()).unwrap()
+            })
+            .collect()
+    }
+
+    fn follow() -> Follow {
+        Follow::new(super::super::Bounds::default(), false, LogCursor::default())
+    }
+
+    /// A follower that is still delivering output.
+    fn reading(follow: &mut Follow) -> mpsc::Sender<Chunk> {
+        let (tx, rx) = mpsc::channel(1);
+        follow.log_rx = Some(rx);
+        tx
+    }
+
+    /// The phase without its times.
+    fn name(phase: Phase) -> &'static str {
+        match phase {
+            Phase::Pending { .. } => "Pending",
+            Phase::Scheduled { .. } => "Scheduled",
+            Phase::Running { .. } => "Running",
+            Phase::Ended { .. } => "Ended",
+            Phase::Done(_) => "Done",
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_passes_pending_scheduled_running_ended_done() {
+        let mut follow = follow();
+        let _follower = reading(&mut follow);
+        let mut seen = vec![name(follow.phase())];
+        for pod in lifecycle_pods() {
+            follow.observe_pod(&pod);
+            let phase = name(follow.phase());
+            if seen.last() != Some(&phase) {
+                seen.push(phase);
+            }
+        }
+        assert_eq!(seen, ["Pending", "Scheduled", "Running", "Ended"]);
+        assert_eq!(follow.logs_ended().await, None);
+        assert_eq!(
+            follow.phase(),
+            Phase::Done(Done::Finished),
+            "exit 0 and all output read: over at once, without waiting for the Job's condition"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_exit_waits_briefly_for_the_jobs_reason() {
+        let pod = first_pod("35-pods-exit3.json");
+        let mut follow = follow();
+        follow.observe_pod(&pod);
+        assert!(matches!(follow.phase(), Phase::Ended { .. }));
+        tokio::time::advance(JOB_TARGET_GRACE).await;
+        assert_eq!(follow.phase(), Phase::Done(Done::Finished));
+
+        let mut follow = self::follow();
+        follow.observe_pod(&pod);
+        let job: Job = fixture("34-job-exit3.json");
+        follow.job_end = status::job_outcome(&job);
+        assert_eq!(
+            follow.phase(),
+            Phase::Done(Done::Finished),
+            "the Job's failure came with it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_waits_for_the_output_until_settle() {
+        let mut follow = follow();
+        let _follower = reading(&mut follow);
+        for pod in lifecycle_pods() {
+            follow.observe_pod(&pod);
+        }
+        let almost = follow.bounds.settle - Duration::from_millis(1);
+        tokio::time::advance(almost).await;
+        assert!(matches!(follow.phase(), Phase::Ended { .. }));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(follow.phase(), Phase::Done(Done::Finished));
+        let harvest = follow.harvest(Done::Finished);
+        assert_eq!(
+            harvest.output_error.map(|b| b.code),
+            Some(ErrorCode::K8sApiUnreachable),
+            "output not read completely is never a success"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_that_ends_before_its_pod_waits_for_the_pod_briefly() {
+        let mut follow = follow();
+        let job: Job = fixture("24-get-job-deadline-exceeded.json");
+        follow.job_end = status::job_outcome(&job);
+        follow.settle_from = Some(Instant::now());
+        assert!(matches!(follow.phase(), Phase::Ended { .. }));
+        tokio::time::advance(POD_GRACE).await;
+        assert_eq!(follow.phase(), Phase::Done(Done::Finished));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_not_scheduled_in_time_blocks_the_run() {
+        let mut follow = follow();
+        let Phase::Pending { since } = follow.phase() else {
+            panic!("{:?}", follow.phase());
+        };
+        assert_eq!(follow.next_deadline(), since + follow.bounds.schedule);
+        tokio::time::advance(follow.bounds.schedule).await;
+        follow.deadline_passed();
+        assert_eq!(follow.phase(), Phase::Done(Done::Blocked));
+        assert_eq!(
+            follow.blocker.map(|b| b.code),
+            Some(ErrorCode::K8sPodUnschedulable)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_resume_hangs_but_a_fresh_run_does_not() {
+        let pods = lifecycle_pods();
+        for resumed in [true, false] {
+            let mut follow = Follow::new(
+                super::super::Bounds::default(),
+                resumed,
+                LogCursor::default(),
+            );
+            follow.observe_pod(&pods[2]);
+            assert!(matches!(follow.phase(), Phase::Running { .. }));
+            tokio::time::advance(follow.bounds.resume_first_event).await;
+            follow.deadline_passed();
+            let expected = if resumed {
+                Phase::Done(Done::HungResume)
+            } else {
+                follow.live_phase()
+            };
+            assert_eq!(follow.phase(), expected, "resumed: {resumed}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_and_a_vanished_job_end_any_phase() {
+        let pods = lifecycle_pods();
+        let mut follow = follow();
+        follow.observe_pod(&pods[2]);
+        follow.cancelled = true;
+        assert_eq!(follow.phase(), Phase::Done(Done::Cancelled));
+
+        let mut follow = self::follow();
+        follow.observe_pod(&pods[0]);
+        follow.vanished = true;
+        assert_eq!(follow.phase(), Phase::Done(Done::Vanished));
     }
 }

@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    EnvFromSource, EnvVar, LocalObjectReference, Pod, PodDNSConfig, Toleration, Volume, VolumeMount,
+    Container, EnvFromSource, EnvVar, LocalObjectReference, Pod, PodDNSConfig, Toleration, Volume,
+    VolumeMount,
 };
 
 use serde::Serialize;
@@ -138,13 +139,11 @@ impl InheritedPod {
             .name
             .clone()
             .unwrap_or_else(|| "(pod template)".into());
-        let spec = pod
-            .spec
-            .as_ref()
-            .ok_or_else(|| ManifestError::NoContainer {
-                pod: pod_name.clone(),
-                wanted: container_hint.map(str::to_owned),
-            })?;
+        let no_container = || ManifestError::NoContainer {
+            pod: pod_name.clone(),
+            wanted: container_hint.map(str::to_owned),
+        };
+        let spec = pod.spec.as_ref().ok_or_else(no_container)?;
         let container = match container_hint {
             Some(hint) => spec.containers.iter().find(|c| c.name == hint),
             None => spec
@@ -153,155 +152,16 @@ impl InheritedPod {
                 .find(|c| c.name == PAPERCLIP_CONTAINER)
                 .or_else(|| spec.containers.first()),
         }
-        .ok_or_else(|| ManifestError::NoContainer {
-            pod: pod_name.clone(),
-            wanted: container_hint.map(str::to_owned),
-        })?;
+        .ok_or_else(no_container)?;
         let volumes = spec.volumes.as_deref().unwrap_or_default();
-        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-        let volume_named = |name: &str| volumes.iter().find(|v| v.name == name);
-
-        let workspace_mount = mounts
-            .iter()
-            .find(|m| m.mount_path.trim_end_matches('/') == WORKSPACE_MOUNT)
-            .ok_or_else(|| ManifestError::NoWorkspaceVolume {
-                pod: pod_name.clone(),
-                container: container.name.clone(),
-            })?;
-        let workspace_volume = volume_named(&workspace_mount.name)
-            .filter(|v| v.persistent_volume_claim.is_some())
-            .ok_or_else(|| ManifestError::WorkspaceNotClaim {
-                pod: pod_name.clone(),
-                volume: workspace_mount.name.clone(),
-            })?;
-
+        let (workspace_volume, workspace_mount) = workspace(&pod_name, container, volumes)?;
         let filter = SecretFilter::from_annotations(pod.metadata.annotations.as_ref());
-        let mut excluded_secrets = Vec::new();
-        let mut exclude = |name: &str, why: String| {
-            let line = format!("Secret {name}: {why}");
-            if !excluded_secrets.contains(&line) {
-                excluded_secrets.push(line);
-            }
-        };
-        // The file the server reads its secrets master key from, if it says where.
-        let master_key_file = container
-            .env
-            .iter()
-            .flatten()
-            .find(|v| v.name == "PAPERCLIP_SECRETS_MASTER_KEY_FILE")
-            .and_then(|v| v.value.clone());
-        let mut secret_volumes = Vec::new();
-        let mut secret_mounts = Vec::new();
-        for mount in mounts {
-            let Some(volume) = volume_named(&mount.name).filter(|v| v.secret.is_some()) else {
-                continue;
-            };
-            // Agent pods never get an API token, whatever the Paperclip pod mounts.
-            if mount.mount_path.starts_with(SERVICE_ACCOUNT_MOUNT) {
-                continue;
-            }
-            let secret_name = volume
-                .secret
-                .as_ref()
-                .and_then(|s| s.secret_name.clone())
-                .unwrap_or_default();
-            if let Some(file) = &master_key_file
-                && std::path::Path::new(file).starts_with(&mount.mount_path)
-            {
-                exclude(
-                    &secret_name,
-                    format!(
-                        "volume {} holds the server's secrets master key",
-                        volume.name
-                    ),
-                );
-                continue;
-            }
-            if let Some(annotation) = filter.refuses(&secret_name) {
-                exclude(
-                    &secret_name,
-                    format!("volume {} ({annotation})", volume.name),
-                );
-                continue;
-            }
-            if !secret_volumes
-                .iter()
-                .any(|v: &Volume| v.name == volume.name)
-            {
-                secret_volumes.push(volume.clone());
-            }
-            secret_mounts.push(mount.clone());
-        }
-
-        let annotated = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(super::WITHHOLD_ENV_ANNOTATION));
-        let mut withheld_env: Vec<String> = super::SERVER_ONLY_ENV
-            .iter()
-            .map(|name| (*name).to_owned())
-            .collect();
-        for name in annotated.into_iter().flat_map(|list| list.split(',')) {
-            let name = name.trim();
-            if !name.is_empty() && !withheld_env.iter().any(|n| n == name) {
-                withheld_env.push(name.to_owned());
-            }
-        }
-        let env = container
-            .env
-            .iter()
-            .flatten()
-            .filter(|var| !withheld_env.contains(&var.name))
-            .filter(|var| {
-                let Some(secret) = var
-                    .value_from
-                    .as_ref()
-                    .and_then(|f| f.secret_key_ref.as_ref())
-                else {
-                    return true;
-                };
-                match filter.refuses(&secret.name) {
-                    Some(annotation) => {
-                        exclude(&secret.name, format!("env {} ({annotation})", var.name));
-                        false
-                    }
-                    None => true,
-                }
-            })
-            .cloned()
-            .map(|mut var| {
-                // A resource reference to the Paperclip container must point at the agent's.
-                if let Some(field) = var
-                    .value_from
-                    .as_mut()
-                    .and_then(|f| f.resource_field_ref.as_mut())
-                    && field.container_name.as_deref() == Some(container.name.as_str())
-                {
-                    field.container_name = Some(CONTAINER_NAME.into());
-                }
-                var
-            })
-            .collect();
-
-        let env_from = container
-            .env_from
-            .iter()
-            .flatten()
-            .filter(|source| {
-                let Some(secret) = source.secret_ref.as_ref() else {
-                    return true;
-                };
-                match filter.refuses(&secret.name) {
-                    Some(annotation) => {
-                        exclude(&secret.name, format!("envFrom ({annotation})"));
-                        false
-                    }
-                    None => true,
-                }
-            })
-            .cloned()
-            .collect();
+        let mut excluded = Excluded::default();
+        let (secret_volumes, secret_mounts) =
+            secret_volumes(container, volumes, &filter, &mut excluded);
+        let withheld_env = withheld_env(pod);
+        let env = inherited_env(container, &withheld_env, &filter, &mut excluded);
+        let env_from = inherited_env_from(container, &filter, &mut excluded);
         let labels = pod
             .metadata
             .labels
@@ -310,10 +170,9 @@ impl InheritedPod {
             .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-
         Ok(InheritedPod {
             labels,
-            excluded_secrets,
+            excluded_secrets: excluded.0,
             namespace: pod.metadata.namespace.clone(),
             container_name: container.name.clone(),
             image: container.image.clone().filter(|i| !i.is_empty()),
@@ -328,18 +187,7 @@ impl InheritedPod {
             env,
             env_from,
             node_selector: spec.node_selector.clone().unwrap_or_default(),
-            tolerations: spec
-                .tolerations
-                .iter()
-                .flatten()
-                .filter(|t| {
-                    !(t.key
-                        .as_deref()
-                        .is_some_and(|k| DEFAULT_TOLERATION_KEYS.contains(&k))
-                        && t.toleration_seconds == Some(300))
-                })
-                .cloned()
-                .collect(),
+            tolerations: tolerations(spec.tolerations.as_deref().unwrap_or_default()),
             pod_name,
         })
     }
@@ -398,4 +246,206 @@ impl InheritedPod {
     pub(crate) fn env_value(&self, name: &str) -> Option<&EnvVar> {
         self.env.iter().find(|v| v.name == name)
     }
+}
+
+/// The Secrets kept from agent pods, each line once, in the order met.
+#[derive(Default)]
+struct Excluded(Vec<String>);
+
+impl Excluded {
+    fn add(&mut self, name: &str, why: String) {
+        let line = format!("Secret {name}: {why}");
+        if !self.0.contains(&line) {
+            self.0.push(line);
+        }
+    }
+}
+
+/// The container's workspace mount and the claim volume behind it.
+fn workspace<'p>(
+    pod_name: &str,
+    container: &'p Container,
+    volumes: &'p [Volume],
+) -> Result<(&'p Volume, &'p VolumeMount), ManifestError> {
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path.trim_end_matches('/') == WORKSPACE_MOUNT)
+        .ok_or_else(|| ManifestError::NoWorkspaceVolume {
+            pod: pod_name.to_owned(),
+            container: container.name.clone(),
+        })?;
+    let volume = volumes
+        .iter()
+        .find(|v| v.name == mount.name)
+        .filter(|v| v.persistent_volume_claim.is_some())
+        .ok_or_else(|| ManifestError::WorkspaceNotClaim {
+            pod: pod_name.to_owned(),
+            volume: mount.name.clone(),
+        })?;
+    Ok((volume, mount))
+}
+
+/// The container's Secret volumes and mounts agents may have: never the API token, never the
+/// server's secrets master key, none the pod's annotations refuse.
+fn secret_volumes(
+    container: &Container,
+    volumes: &[Volume],
+    filter: &SecretFilter,
+    excluded: &mut Excluded,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
+    // The file the server reads its secrets master key from, if it says where.
+    let master_key_file = container
+        .env
+        .iter()
+        .flatten()
+        .find(|v| v.name == "PAPERCLIP_SECRETS_MASTER_KEY_FILE")
+        .and_then(|v| v.value.clone());
+    let mut secret_volumes: Vec<Volume> = Vec::new();
+    let mut secret_mounts = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let Some(volume) = volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .filter(|v| v.secret.is_some())
+        else {
+            continue;
+        };
+        // Agent pods never get an API token, whatever the Paperclip pod mounts.
+        if mount.mount_path.starts_with(SERVICE_ACCOUNT_MOUNT) {
+            continue;
+        }
+        let secret_name = volume
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.clone())
+            .unwrap_or_default();
+        if let Some(file) = &master_key_file
+            && std::path::Path::new(file).starts_with(&mount.mount_path)
+        {
+            let why = format!(
+                "volume {} holds the server's secrets master key",
+                volume.name
+            );
+            excluded.add(&secret_name, why);
+            continue;
+        }
+        if let Some(annotation) = filter.refuses(&secret_name) {
+            excluded.add(
+                &secret_name,
+                format!("volume {} ({annotation})", volume.name),
+            );
+            continue;
+        }
+        if !secret_volumes.iter().any(|v| v.name == volume.name) {
+            secret_volumes.push(volume.clone());
+        }
+        secret_mounts.push(mount.clone());
+    }
+    (secret_volumes, secret_mounts)
+}
+
+/// The server-only variables, plus those the pod's annotation withholds.
+fn withheld_env(pod: &Pod) -> Vec<String> {
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::WITHHOLD_ENV_ANNOTATION));
+    let mut withheld: Vec<String> = super::SERVER_ONLY_ENV
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    for name in annotated.into_iter().flat_map(|list| list.split(',')) {
+        let name = name.trim();
+        if !name.is_empty() && !withheld.iter().any(|n| n == name) {
+            withheld.push(name.to_owned());
+        }
+    }
+    withheld
+}
+
+/// The container's env agents get: none withheld, no refused Secret's key.
+fn inherited_env(
+    container: &Container,
+    withheld: &[String],
+    filter: &SecretFilter,
+    excluded: &mut Excluded,
+) -> Vec<EnvVar> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .filter(|var| !withheld.contains(&var.name))
+        .filter(|var| {
+            let Some(secret) = var
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            else {
+                return true;
+            };
+            match filter.refuses(&secret.name) {
+                Some(annotation) => {
+                    excluded.add(&secret.name, format!("env {} ({annotation})", var.name));
+                    false
+                }
+                None => true,
+            }
+        })
+        .cloned()
+        .map(|mut var| {
+            // A resource reference to the Paperclip container must point at the agent's.
+            if let Some(field) = var
+                .value_from
+                .as_mut()
+                .and_then(|f| f.resource_field_ref.as_mut())
+                && field.container_name.as_deref() == Some(container.name.as_str())
+            {
+                field.container_name = Some(CONTAINER_NAME.into());
+            }
+            var
+        })
+        .collect()
+}
+
+/// The container's `envFrom` agents get: no refused Secret.
+fn inherited_env_from(
+    container: &Container,
+    filter: &SecretFilter,
+    excluded: &mut Excluded,
+) -> Vec<EnvFromSource> {
+    container
+        .env_from
+        .iter()
+        .flatten()
+        .filter(|source| {
+            let Some(secret) = source.secret_ref.as_ref() else {
+                return true;
+            };
+            match filter.refuses(&secret.name) {
+                Some(annotation) => {
+                    excluded.add(&secret.name, format!("envFrom ({annotation})"));
+                    false
+                }
+                None => true,
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// The pod's tolerations without the ones Kubernetes adds to every pod.
+fn tolerations(tolerations: &[Toleration]) -> Vec<Toleration> {
+    tolerations
+        .iter()
+        .filter(|t| {
+            !(t.key
+                .as_deref()
+                .is_some_and(|k| DEFAULT_TOLERATION_KEYS.contains(&k))
+                && t.toleration_seconds == Some(300))
+        })
+        .cloned()
+        .collect()
 }

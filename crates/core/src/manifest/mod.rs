@@ -302,8 +302,81 @@ pub fn render(
     let cwd = req.cwd.as_deref().or(config.cwd.as_deref());
     let resume = resume_decision(req, cwd, config);
     let mut warnings = Vec::new();
-    let mut not_inherited = Vec::new();
+    let (labels, annotations) = labels_and_annotations(req, config, &resume);
+    let namespace = job_namespace(req, inherited, config, &mut warnings)?;
+    let home = mounts::agent_home(&req.company_id, &req.agent_id);
+    let opencode_config = opencode_config_content(inherited, config, &mut warnings);
+    let data = secret_data(req, &resume, inherited, config, opencode_config.as_ref())?;
+    let env = build_env(req, inherited, config, &name, &home, opencode_config);
+    let container_security = container_security(config);
+    let (storage, not_inherited) = match inherited {
+        Some(pod) => (
+            claim_storage(pod, config, cwd, &home, &image, &container_security)?,
+            Vec::new(),
+        ),
+        None => (
+            Storage::scratch(),
+            not_inherited_without_pod(config, namespace.is_none()),
+        ),
+    };
+    let Storage {
+        init_containers,
+        mut volumes,
+        mut mounts,
+    } = storage;
+    add_run_volumes(&name, config, &mut volumes, &mut mounts);
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image),
+        image_pull_policy: Some(config.image_pull_policy.as_str().into()),
+        command: Some(agent_command()),
+        args: Some(agent_args(config, &resume)),
+        working_dir: cwd.map(str::to_owned),
+        env: Some(env),
+        env_from: inherited
+            .map(|p| p.env_from.clone())
+            .filter(|e| !e.is_empty()),
+        resources: Some(resources(config)),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security),
+        ..Default::default()
+    };
+    let pod_spec = pod_spec(config, inherited, container, init_containers, volumes);
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: namespace.clone(),
+        labels: Some(labels.clone()),
+        annotations: Some(annotations.clone()),
+        ..Default::default()
+    };
+    let job = job(meta.clone(), labels, annotations, pod_spec, config);
+    let secret = Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    };
+    let network_policy = config
+        .network_policy
+        .then(|| network::network_policy(&name, namespace.as_deref(), &job, inherited, config));
+    Ok(Rendered {
+        job,
+        secret,
+        resume,
+        not_inherited,
+        warnings,
+        inherited: inherited.map(InheritedPod::summary).unwrap_or_default(),
+        network_policy,
+    })
+}
 
+/// The labels and annotations of every object of the run.
+fn labels_and_annotations(
+    req: &RunRequest,
+    config: &AgentConfig,
+    resume: &ResumeDecision,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let ids = names::RunIds {
         run_id: &req.run_id,
         agent_id: &req.agent_id,
@@ -316,10 +389,19 @@ pub fn render(
         annotations.insert(AGENT_NAME_ANNOTATION.into(), agent_name.clone());
     }
     annotations.insert(ATTEMPT_ANNOTATION.into(), req.attempt.max(1).to_string());
-    if let ResumeDecision::Resumed { session_id } = &resume {
+    if let ResumeDecision::Resumed { session_id } = resume {
         annotations.insert(RESUME_SESSION_ANNOTATION.into(), session_id.clone());
     }
+    (labels, annotations)
+}
 
+/// The namespace the run's objects go to, if one is set (else the client's default).
+fn job_namespace(
+    req: &RunRequest,
+    inherited: Option<&InheritedPod>,
+    config: &AgentConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>, ManifestError> {
     let namespace = config
         .namespace_for(&req.company_id)
         .or_else(|| inherited.and_then(|p| p.namespace.clone()));
@@ -338,11 +420,19 @@ pub fn render(
             pod.namespace.as_deref().unwrap_or_default()
         ));
     }
-    let home = mounts::agent_home(&req.company_id, &req.agent_id);
+    Ok(namespace)
+}
 
-    // Secret data: everything secret, nothing else.
+/// The run Secret's data: everything secret, nothing else; bounded by the Secret size limit.
+fn secret_data(
+    req: &RunRequest,
+    resume: &ResumeDecision,
+    inherited: Option<&InheritedPod>,
+    config: &AgentConfig,
+    opencode_config: Option<&String>,
+) -> Result<BTreeMap<String, Vec<u8>>, ManifestError> {
     let mut data = BTreeMap::new();
-    let prompt = match (&resume, &req.fresh_prompt) {
+    let prompt = match (resume, &req.fresh_prompt) {
         (ResumeDecision::Resumed { .. }, _) | (_, None) => &req.prompt,
         (_, Some(fresh)) => fresh,
     };
@@ -350,9 +440,8 @@ pub fn render(
     if let Some(key) = &req.api_key {
         data.insert(API_KEY_KEY.to_owned(), key.expose().as_bytes().to_vec());
     }
-    let opencode_config = opencode_config_content(inherited, config, &mut warnings);
     for (env_name, value) in &config.env {
-        let value = match (&opencode_config, env_name.as_str()) {
+        let value = match (opencode_config, env_name.as_str()) {
             (Some(merged), "OPENCODE_CONFIG_CONTENT") => merged.clone(),
             _ => value.expose().to_owned(),
         };
@@ -377,9 +466,11 @@ pub fn render(
             limit: SECRET_LIMIT_BYTES,
         });
     }
+    Ok(data)
+}
 
-    let env = build_env(req, inherited, config, &name, &home, opencode_config);
-
+/// The arguments of `opencode run`.
+fn agent_args(config: &AgentConfig, resume: &ResumeDecision) -> Vec<String> {
     let mut args = vec![
         config
             .command
@@ -393,12 +484,16 @@ pub fn render(
     if let Some(variant) = &config.variant {
         args.extend(["--variant".to_owned(), variant.clone()]);
     }
-    if let ResumeDecision::Resumed { session_id } = &resume {
+    if let ResumeDecision::Resumed { session_id } = resume {
         args.extend(["--session".to_owned(), session_id.clone()]);
     }
     args.extend(config.extra_args.iter().cloned());
+    args
+}
 
-    let container_security = SecurityContext {
+/// The agent container's security context (PSS restricted).
+fn container_security(config: &AgentConfig) -> SecurityContext {
+    SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
@@ -407,65 +502,103 @@ pub fn render(
         run_as_non_root: Some(true),
         read_only_root_filesystem: config.read_only_root_filesystem.then_some(true),
         ..Default::default()
-    };
-    let mut init_containers = Vec::new();
-    let (mut volumes, mut mounts) = match inherited {
-        Some(pod) => {
-            let instructions_dir = config
-                .instructions_file_path
-                .as_deref()
-                .and_then(|f| std::path::Path::new(f).parent())
-                .and_then(|d| d.to_str());
-            let claim = mounts::claim_mounts(
-                &pod.workspace_volume,
-                &pod.workspace_mount,
-                cwd,
-                &home,
-                instructions_dir,
-                Container {
-                    image: Some(image.clone()),
-                    image_pull_policy: Some(config.image_pull_policy.as_str().into()),
-                    resources: Some(resources(config)),
-                    security_context: Some(SecurityContext {
-                        read_only_root_filesystem: Some(true),
-                        ..container_security.clone()
-                    }),
-                    ..Default::default()
-                },
-            )?;
-            init_containers.push(claim.init);
-            let mut volumes = vec![claim.volume];
-            volumes.extend(pod.secret_volumes.iter().cloned());
-            let mut mounts = claim.mounts;
-            mounts.extend(pod.secret_mounts.iter().cloned());
-            (volumes, mounts)
+    }
+}
+
+/// The workspace storage of the pod: init containers, volumes and the agent's mounts.
+struct Storage {
+    init_containers: Vec<Container>,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+}
+
+impl Storage {
+    /// An emptyDir at the workspace mount, when no Paperclip pod shares its volume.
+    fn scratch() -> Self {
+        Self {
+            init_containers: Vec::new(),
+            volumes: vec![Volume {
+                name: HOME_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }],
+            mounts: vec![VolumeMount {
+                name: HOME_VOLUME.into(),
+                mount_path: WORKSPACE_MOUNT.into(),
+                ..Default::default()
+            }],
         }
-        None => {
-            not_inherited.push(format!("the shared volume at {WORKSPACE_MOUNT}: an emptyDir is used, so workspaces are not visible and sessions do not survive the run"));
-            not_inherited.push("image pull secrets, DNS settings, Secret volumes and env of the Paperclip container".into());
-            not_inherited.push("PAPERCLIP_API_URL of the Paperclip pod: set `paperclipApiUrl` if the host's URL is not reachable from pods".into());
-            if config.node_selector.is_empty() && config.tolerations.is_empty() {
-                not_inherited.push("node selector and tolerations".into());
-            }
-            if namespace.is_none() {
-                not_inherited.push(
-                    "namespace: none is set, so the client's default namespace is used".into(),
-                );
-            }
-            (
-                vec![Volume {
-                    name: HOME_VOLUME.into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Default::default()
-                }],
-                vec![VolumeMount {
-                    name: HOME_VOLUME.into(),
-                    mount_path: WORKSPACE_MOUNT.into(),
-                    ..Default::default()
-                }],
-            )
-        }
-    };
+    }
+}
+
+/// The Paperclip pod's workspace claim and its Secret volumes, narrowed to what the run needs.
+fn claim_storage(
+    pod: &InheritedPod,
+    config: &AgentConfig,
+    cwd: Option<&str>,
+    home: &str,
+    image: &str,
+    container_security: &SecurityContext,
+) -> Result<Storage, ManifestError> {
+    let instructions_dir = config
+        .instructions_file_path
+        .as_deref()
+        .and_then(|f| std::path::Path::new(f).parent())
+        .and_then(|d| d.to_str());
+    let claim = mounts::claim_mounts(
+        &pod.workspace_volume,
+        &pod.workspace_mount,
+        cwd,
+        home,
+        instructions_dir,
+        Container {
+            image: Some(image.to_owned()),
+            image_pull_policy: Some(config.image_pull_policy.as_str().into()),
+            resources: Some(resources(config)),
+            security_context: Some(SecurityContext {
+                read_only_root_filesystem: Some(true),
+                ..container_security.clone()
+            }),
+            ..Default::default()
+        },
+    )?;
+    let mut volumes = vec![claim.volume];
+    volumes.extend(pod.secret_volumes.iter().cloned());
+    let mut mounts = claim.mounts;
+    mounts.extend(pod.secret_mounts.iter().cloned());
+    Ok(Storage {
+        init_containers: vec![claim.init],
+        volumes,
+        mounts,
+    })
+}
+
+/// What a run without a Paperclip pod to inherit from goes without.
+fn not_inherited_without_pod(config: &AgentConfig, no_namespace: bool) -> Vec<String> {
+    let mut not_inherited = vec![
+        format!(
+            "the shared volume at {WORKSPACE_MOUNT}: an emptyDir is used, so workspaces are not visible and sessions do not survive the run"
+        ),
+        "image pull secrets, DNS settings, Secret volumes and env of the Paperclip container".into(),
+        "PAPERCLIP_API_URL of the Paperclip pod: set `paperclipApiUrl` if the host's URL is not reachable from pods".into(),
+    ];
+    if config.node_selector.is_empty() && config.tolerations.is_empty() {
+        not_inherited.push("node selector and tolerations".into());
+    }
+    if no_namespace {
+        not_inherited
+            .push("namespace: none is set, so the client's default namespace is used".into());
+    }
+    not_inherited
+}
+
+/// The volumes every run has: a writable /tmp under a read-only root, and the prompt file.
+fn add_run_volumes(
+    name: &str,
+    config: &AgentConfig,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) {
     if config.read_only_root_filesystem {
         // OpenCode and the tools it runs write temporary files; caches live in HOME.
         volumes.push(Volume {
@@ -482,7 +615,7 @@ pub fn render(
     volumes.push(Volume {
         name: PROMPT_VOLUME.into(),
         secret: Some(SecretVolumeSource {
-            secret_name: Some(name.clone()),
+            secret_name: Some(name.to_owned()),
             items: Some(vec![KeyToPath {
                 key: PROMPT_KEY.into(),
                 path: PROMPT_KEY.into(),
@@ -499,24 +632,16 @@ pub fn render(
         read_only: Some(true),
         ..Default::default()
     });
+}
 
-    let container = Container {
-        name: CONTAINER_NAME.into(),
-        image: Some(image),
-        image_pull_policy: Some(config.image_pull_policy.as_str().into()),
-        command: Some(agent_command()),
-        args: Some(args),
-        working_dir: cwd.map(str::to_owned),
-        env: Some(env),
-        env_from: inherited
-            .map(|p| p.env_from.clone())
-            .filter(|e| !e.is_empty()),
-        resources: Some(resources(config)),
-        volume_mounts: Some(mounts),
-        security_context: Some(container_security),
-        ..Default::default()
-    };
-
+/// The pod of the run: the agent container, placement and the pod's security context.
+fn pod_spec(
+    config: &AgentConfig,
+    inherited: Option<&InheritedPod>,
+    container: Container,
+    init_containers: Vec<Container>,
+    volumes: Vec<Volume>,
+) -> PodSpec {
     let node_selector = if config.node_selector.is_empty() {
         inherited
             .map(|p| p.node_selector.clone())
@@ -529,8 +654,7 @@ pub fn render(
     } else {
         config.tolerations.clone()
     };
-
-    let pod_spec = PodSpec {
+    PodSpec {
         restart_policy: Some("Never".into()),
         containers: vec![container],
         init_containers: (!init_containers.is_empty()).then_some(init_containers),
@@ -559,17 +683,19 @@ pub fn render(
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
 
-    let meta = ObjectMeta {
-        name: Some(name.clone()),
-        namespace: namespace.clone(),
-        labels: Some(labels.clone()),
-        annotations: Some(annotations.clone()),
-        ..Default::default()
-    };
-    let job = Job {
-        metadata: meta.clone(),
+/// The Job: one attempt, no retries, bounded by the agent's timeout, removed by its TTL.
+fn job(
+    metadata: ObjectMeta,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    pod_spec: PodSpec,
+    config: &AgentConfig,
+) -> Job {
+    Job {
+        metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             active_deadline_seconds: (config.timeout_sec > 0)
@@ -587,26 +713,7 @@ pub fn render(
             ..Default::default()
         }),
         status: None,
-    };
-    let secret = Secret {
-        metadata: meta,
-        type_: Some("Opaque".into()),
-        immutable: Some(true),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        ..Default::default()
-    };
-    let network_policy = config
-        .network_policy
-        .then(|| network::network_policy(&name, namespace.as_deref(), &job, inherited, config));
-    Ok(Rendered {
-        job,
-        secret,
-        resume,
-        not_inherited,
-        warnings,
-        inherited: inherited.map(InheritedPod::summary).unwrap_or_default(),
-        network_policy,
-    })
+    }
 }
 
 /// The `OPENCODE_CONFIG_CONTENT` value the engine sets, if it sets one: the config's own (else
