@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, anyhow};
 use opencode_k8s_cluster_tests::{AuditLog, Record, Tier, total};
 use opencode_k8s_core::lifecycle::{Bounds, RunStatus};
+use opencode_k8s_core::manifest::RunRequest;
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +84,9 @@ pub(crate) async fn bench(
     runs: usize,
     audit_log: Option<PathBuf>,
 ) -> anyhow::Result<RealSummary> {
+    // The benchmark is its operator's own tool, like the CLI: the sandbox's engine kubeconfig
+    // is a file path in the agent config.
+    opencode_k8s_core::lifecycle::trust_agent_kubeconfig_paths();
     let tier = Tier::connect(kubeconfig)
         .await
         .map_err(|e| anyhow!("{e}"))
@@ -107,7 +111,11 @@ pub(crate) async fn bench(
         let result = tokio::time::timeout(
             Duration::from_secs(120),
             engine.run(
-                sandbox.request(&format!("bench-{i}"), "agent-bench", PLAN),
+                RunRequest {
+                    // Agent pods mount only their workspace, below the shared volume's root.
+                    cwd: Some("/paperclip/bench".into()),
+                    ..sandbox.request(&format!("bench-{i}"), "agent-bench", PLAN)
+                },
                 &config,
                 &sink,
                 CancellationToken::new(),
