@@ -547,6 +547,11 @@ pub(crate) async fn follow(
             }
             Err(ReadFailure::Cancelled | ReadFailure::Gone) => return Ok(stats),
         }
+        // The container ended (the pod watch said so, maybe while this stream was open): the
+        // last read, at once.
+        if !last_read && *state.borrow() == ContainerState::Terminated {
+            continue;
+        }
         // A stream that ended (cut, or the container just exited): wait briefly — or until the
         // pod watch reports a change — before the next connection, growing the pause while
         // connections deliver nothing so a misbehaving kubelet is not hammered. A refused read
