@@ -1,9 +1,9 @@
 //! The benchmark against a real cluster (`--kubeconfig`): K short runs, one after the other,
 //! through one engine in one namespace of the real-cluster tier (crates/cluster-tests), as a
 //! ServiceAccount bound to the generated Role. Per run it measures the seconds the engine adds
-//! around the agent — execute → the container's first output (its log timestamp), and the
-//! container's last output → the result — and, from the API server's audit log, the requests
-//! the engine made.
+//! around the agent — execute → the container's first output, and the container's last output
+//! → the result, both by when the output reached the sink (see [`output_span`]) — and, from the
+//! API server's audit log, the requests the engine made.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use opencode_k8s_cluster_tests::{AuditLog, Record, Tier, total};
+use opencode_k8s_core::event::RunEvent;
 use opencode_k8s_core::lifecycle::{Bounds, RunStatus};
+use opencode_k8s_core::manifest::RunRequest;
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -77,12 +79,28 @@ fn seconds(from: SystemTime, to: SystemTime) -> f64 {
     }
 }
 
+/// When the first and the last output reached the sink: the follow stream delivers a line
+/// within milliseconds of the container writing it, while the engine's checkpoints carry
+/// timestamps floored to whole seconds (minus a skew margin) and cannot time it.
+fn output_span(sink: &Record) -> Option<(SystemTime, SystemTime)> {
+    let times: Vec<SystemTime> = sink
+        .events()
+        .into_iter()
+        .filter(|r| matches!(r.event, RunEvent::Output { .. }))
+        .map(|r| r.at)
+        .collect();
+    Some((*times.iter().min()?, *times.iter().max()?))
+}
+
 /// K runs against the cluster of the admin kubeconfig `kubeconfig`.
 pub(crate) async fn bench(
     kubeconfig: &Path,
     runs: usize,
     audit_log: Option<PathBuf>,
 ) -> anyhow::Result<RealSummary> {
+    // The benchmark is its operator's own tool, like the CLI: the sandbox's engine kubeconfig
+    // is a file path in the agent config.
+    opencode_k8s_core::lifecycle::trust_agent_kubeconfig_paths();
     let tier = Tier::connect(kubeconfig)
         .await
         .map_err(|e| anyhow!("{e}"))
@@ -107,7 +125,11 @@ pub(crate) async fn bench(
         let result = tokio::time::timeout(
             Duration::from_secs(120),
             engine.run(
-                sandbox.request(&format!("bench-{i}"), "agent-bench", PLAN),
+                RunRequest {
+                    // Agent pods mount only their workspace, below the shared volume's root.
+                    cwd: Some("/paperclip/bench".into()),
+                    ..sandbox.request(&format!("bench-{i}"), "agent-bench", PLAN)
+                },
                 &config,
                 &sink,
                 CancellationToken::new(),
@@ -123,9 +145,8 @@ pub(crate) async fn bench(
                 sink.lines().join("\n")
             ));
         }
-        let (first, last) = sink
-            .output_span()
-            .ok_or_else(|| anyhow!("run {i} delivered no output with checkpoints"))?;
+        let (first, last) =
+            output_span(&sink).ok_or_else(|| anyhow!("run {i} delivered no output"))?;
         to_running.push(seconds(started, first));
         to_result.push(seconds(last, ended));
         if let (Some(audit), Some(mark)) = (&audit, mark) {

@@ -57,12 +57,20 @@ fn status(job: &Job) -> String {
         .as_ref()
         .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default();
-    let terminal = conditions
-        .iter()
-        .filter(|c| c.status == "True")
-        .find(|c| c.type_ == "Complete" || c.type_ == "Failed");
+    // v1.36 writes `SuccessCriteriaMet` / `FailureTarget` seconds before `Complete` / `Failed`:
+    // the Job is over from the first.
+    let finished = |types: [&str; 2]| {
+        conditions
+            .iter()
+            .filter(|c| c.status == "True")
+            .find(|c| types.contains(&c.type_.as_str()))
+    };
+    let terminal = finished(["Complete", "Failed"])
+        .or_else(|| finished(["SuccessCriteriaMet", "FailureTarget"]));
     match terminal {
-        Some(c) if c.type_ == "Complete" => "Succeeded".to_owned(),
+        Some(c) if matches!(c.type_.as_str(), "Complete" | "SuccessCriteriaMet") => {
+            "Succeeded".to_owned()
+        }
         Some(c) => match c.reason.as_deref() {
             Some(reason) if !reason.is_empty() => format!("Failed ({reason})"),
             _ => "Failed".to_owned(),
@@ -183,6 +191,19 @@ mod tests {
         assert_eq!(age(600), "10m");
         assert_eq!(age(3 * 3600), "3h");
         assert_eq!(age(3 * 86400), "3d");
+    }
+
+    #[test]
+    fn a_job_whose_success_criteria_are_met_is_succeeded_before_complete() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "oc-a-1", "namespace": "ns", "creationTimestamp": "2026-11-27T10:00:00Z"},
+            "status": {"active": 1, "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached"}
+            ]}
+        }))
+        .unwrap();
+        let now: Timestamp = "2026-11-27T10:05:00Z".parse().unwrap();
+        assert_eq!(row(&job, now).status, "Succeeded");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::result::RunError;
 use super::retry::retry;
-use super::status::{JobEnd, job_end};
+use super::status::{JobEnd, job_occupies_agent, job_outcome};
 use crate::error_code::ErrorCode;
 use crate::manifest::{MANAGED_BY_KEY, MANAGED_BY_VALUE};
 
@@ -56,7 +56,11 @@ fn age(since: Option<Timestamp>, now: Timestamp) -> Duration {
         .unwrap_or_default()
 }
 
-/// When a finished Job finished: its terminal condition's transition, else its completion time,
+/// The conditions that say a Job is over: `Complete`/`Failed`, and v1.36's `SuccessCriteriaMet`
+/// / `FailureTarget`, written seconds before them.
+const FINISHED: [&str; 4] = ["Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"];
+
+/// When a finished Job finished: its first finishing condition's transition, else its completion time,
 /// else (never seen in practice) its creation.
 fn finished_at(job: &Job) -> Option<Timestamp> {
     let status = job.status.as_ref();
@@ -64,8 +68,9 @@ fn finished_at(job: &Job) -> Option<Timestamp> {
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .filter(|c| c.status == "True" && matches!(c.type_.as_str(), "Complete" | "Failed"))
-        .find_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+        .filter(|c| c.status == "True" && FINISHED.contains(&c.type_.as_str()))
+        .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+        .min()
         .or_else(|| status.and_then(|s| s.completion_time.as_ref()).map(|t| t.0))
         .or_else(|| job.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
@@ -112,7 +117,9 @@ pub async fn gc(
         let uid = job.metadata.uid.clone().unwrap_or_default();
         owners.insert(uid);
         names.insert(name.clone());
-        let Some(end) = job_end(job).filter(|_| job.metadata.deletion_timestamp.is_none()) else {
+        // Over as soon as v1.36 says so (`SuccessCriteriaMet`), not seconds later at `Complete`;
+        // a deadline's `FailureTarget` still has its pod being killed.
+        let Some(end) = job_outcome(job).filter(|_| !job_occupies_agent(job)) else {
             report.running += 1;
             continue;
         };
@@ -203,7 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_job_finished_when_its_terminal_condition_turned_true() {
+    fn a_job_finished_when_its_first_finishing_condition_turned_true() {
         let job: Job = serde_json::from_value(json!({
             "metadata": {"creationTimestamp": "2026-11-27T10:00:00Z"},
             "status": {
@@ -217,7 +224,25 @@ mod tests {
         .unwrap();
         assert_eq!(
             finished_at(&job),
-            Some("2026-11-27T10:04:30Z".parse().unwrap())
+            Some("2026-11-27T10:04:00Z".parse().unwrap()),
+            "v1.36's SuccessCriteriaMet, seconds before Complete"
+        );
+    }
+
+    #[test]
+    fn a_job_whose_success_criteria_are_met_is_finished_before_complete() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"creationTimestamp": "2026-11-27T10:00:00Z"},
+            "status": {"conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": "2026-11-27T10:04:00Z"}
+            ]}
+        }))
+        .unwrap();
+        assert!(!job_occupies_agent(&job), "not counted as running");
+        assert_eq!(job_outcome(&job), Some(JobEnd::Complete));
+        assert_eq!(
+            finished_at(&job),
+            Some("2026-11-27T10:04:00Z".parse().unwrap())
         );
     }
 }

@@ -2,7 +2,8 @@
 //! per (cluster, namespace), fanned out to the runs that care. API requests per run stay
 //! constant however many runs are in flight and however long they last; nothing polls.
 //!
-//! The watches start with the first run in a namespace and stop when the last one ends.
+//! The watches start with the first run in a namespace and stop a linger period after the last
+//! one ended (see the engine's `WATCH_LINGER`), so sequential runs share them too.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -9,9 +9,13 @@
 //! knows a running Job is an orphan nobody follows. A Job whose Lease is live is followed by its
 //! holder, and only that is worth waiting for.
 //!
+//! A Lease this engine released is taken again with one replace from the version the release
+//! wrote (see [`RELEASED`]), so sequential runs of an agent cost two Lease writes and no read.
+//!
 //! Expiry compares the Lease's `renewTime` with this process's clock: the processes sharing an
 //! agent run in one cluster, whose nodes keep their clocks in sync well within a lease duration.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +118,20 @@ fn conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
 }
 
+/// The Leases this process released, as the release wrote them, by (engine, Lease URL): the next
+/// run of the agent through the same engine takes it with one replace from that version instead
+/// of a read and a replace. The version is the guard: anyone who wrote the Lease since makes the
+/// replace fail (409), and the run reads it as usual.
+static RELEASED: Mutex<BTreeMap<(String, String), Lease>> = Mutex::new(BTreeMap::new());
+
+/// The key of [`RELEASED`]: the engine part of `holder` and the Lease's URL.
+fn released_key(api: &Api<Lease>, name: &str, holder: &str) -> (String, String) {
+    let process = holder
+        .rsplit_once('/')
+        .map_or(holder, |(process, _)| process);
+    (process.to_owned(), format!("{}/{name}", api.resource_url()))
+}
+
 /// Try to take agent `agent_id`'s Lease `name` for `holder`, valid for `duration`.
 pub(crate) async fn acquire(
     api: &Api<Lease>,
@@ -122,6 +140,30 @@ pub(crate) async fn acquire(
     holder: &str,
     duration: Duration,
 ) -> Result<Acquired, kube::Error> {
+    let released = super::lock(&RELEASED).remove(&released_key(api, name, holder));
+    if let Some(mut taken) = released {
+        let transitions = taken
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.lease_transitions)
+            .unwrap_or(0);
+        taken.spec = Some(spec(holder, duration, transitions, Timestamp::now()));
+        match api.replace(name, &POST, &taken).await {
+            Ok(lease) => {
+                return Ok(Acquired::Held(Box::new(AgentLease::hold(
+                    api.clone(),
+                    name,
+                    holder,
+                    lease,
+                    duration,
+                ))));
+            }
+            // Changed since this engine released it, or any other failure: read it as usual.
+            Err(err) => {
+                tracing::debug!(lease = %name, error = %err, "the Lease changed since this engine released it");
+            }
+        }
+    }
     let mut races = 0;
     loop {
         let current = retry("get the agent's Lease", || api.get_opt(name)).await?;
@@ -233,13 +275,19 @@ impl AgentLease {
             spec.holder_identity = None;
             spec.renew_time = Some(MicroTime(Timestamp::now()));
         }
-        if let Err(err) = retry("release the agent's Lease", || {
+        match retry("release the agent's Lease", || {
             self.api.replace(&self.name, &POST, &lease)
         })
         .await
-            && !conflict(&err)
         {
-            tracing::warn!(lease = %self.name, holder = %self.holder, error = %err, "could not release the agent's Lease; it expires instead");
+            Ok(released) => {
+                super::lock(&RELEASED)
+                    .insert(released_key(&self.api, &self.name, &self.holder), released);
+            }
+            Err(err) if conflict(&err) => {}
+            Err(err) => {
+                tracing::warn!(lease = %self.name, holder = %self.holder, error = %err, "could not release the agent's Lease; it expires instead");
+            }
         }
     }
 }

@@ -496,7 +496,29 @@ pub(crate) async fn follow(
         let read = match opened {
             Ok(reader) => {
                 refused_since = None;
-                read_connection(reader, last_read, cursor, cancel, out, &mut stats.bytes).await
+                // A follow stream the kubelet keeps open up to a second past the container's
+                // end is cut as soon as the pod watch reports the end: the last read follows at
+                // once, and the result does not wait for the kubelet's next check.
+                let ended = async {
+                    while state.changed().await.is_ok() {
+                        if *state.borrow() == ContainerState::Terminated {
+                            return;
+                        }
+                    }
+                    std::future::pending().await
+                };
+                let ended = std::pin::pin!(ended);
+                let ended = if last_read { None } else { Some(ended) };
+                read_connection(
+                    reader,
+                    last_read,
+                    ended,
+                    cursor,
+                    cancel,
+                    out,
+                    &mut stats.bytes,
+                )
+                .await
             }
             Err(err) => Err(classify(err)),
         };
@@ -524,6 +546,11 @@ pub(crate) async fn follow(
                 retry.failed();
             }
             Err(ReadFailure::Cancelled | ReadFailure::Gone) => return Ok(stats),
+        }
+        // The container ended (the pod watch said so, maybe while this stream was open): the
+        // last read, at once.
+        if !last_read && *state.borrow() == ContainerState::Terminated {
+            continue;
         }
         // A stream that ended (cut, or the container just exited): wait briefly — or until the
         // pod watch reports a change — before the next connection, growing the pause while
@@ -640,6 +667,7 @@ fn classify(err: kube::Error) -> ReadFailure {
 async fn read_connection(
     reader: impl futures::AsyncBufRead,
     last_read: bool,
+    mut ended: Option<std::pin::Pin<&mut impl Future<Output = ()>>>,
     cursor: &mut LogCursor,
     cancel: &CancellationToken,
     out: &mpsc::Sender<Chunk>,
@@ -651,6 +679,12 @@ async fn read_connection(
         let mut chunk = Vec::new();
         let read = tokio::select! {
             () = cancel.cancelled() => return Err(ReadFailure::Cancelled),
+            // The container ended: stop following, like a stream that ended (a fragment held
+            // back arrives whole with the last read).
+            () = async { ended.as_mut().expect("guarded").await }, if ended.is_some() => {
+                ended = None;
+                Err(std::io::Error::other(CUT))
+            }
             read = reader.fill_buf() => read.map(|buf| {
                 let take = buf.len().min(MAX_CHUNK);
                 chunk.reserve(take);
@@ -666,6 +700,10 @@ async fn read_connection(
             Ok(n) => {
                 reader.consume_unpin(n);
                 None
+            }
+            Err(err) if err.to_string() == CUT => {
+                lines.end(false, cursor, &mut chunk);
+                Some(Ok(()))
             }
             Err(err) => {
                 lines.end(false, cursor, &mut chunk);
@@ -699,6 +737,9 @@ async fn read_connection(
         }
     }
 }
+
+/// Why a follow connection was closed by the engine: the container ended.
+const CUT: &str = "the container ended";
 
 /// Most bytes taken from the stream per chunk: bounds the memory a run holds in flight
 /// (chunks queued for the sink) whatever the size of the frames the server sends.

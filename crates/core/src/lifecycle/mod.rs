@@ -106,7 +106,9 @@ pub struct Engine {
     options: EngineOptions,
     clients: ClientCache,
     inherited: Mutex<HashMap<ClusterSource, Option<Arc<InheritedPod>>>>,
-    watches: Mutex<HashMap<(ClusterSource, String), Weak<informer::NamespaceWatch>>>,
+    /// The shared watches per (cluster, namespace); each lingers [`WATCH_LINGER`] after its
+    /// last run, so sequential runs share one instead of each listing and watching anew.
+    watches: Arc<Mutex<Watches>>,
     /// This engine as a Lease holder: `<host>/<pid>.<instance>`.
     process: String,
     /// Fires when a run of this engine released an agent's Lease, so runs of this engine
@@ -120,6 +122,15 @@ impl Default for Engine {
     }
 }
 
+/// How long the shared watches of a namespace outlive the last run using them (they stop between
+/// one and two of these after it): a run starting meanwhile reuses them rather than paying three
+/// lists and three watches, while an idle engine holds no connections for long.
+pub(crate) const WATCH_LINGER: Duration = Duration::from_secs(120);
+
+/// The shared watches, and for each the generation of its reaper: only the newest reaper of a
+/// watch may stop it.
+type Watches = HashMap<(ClusterSource, String), (Arc<informer::NamespaceWatch>, u64)>;
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -132,7 +143,7 @@ impl Engine {
             options,
             clients: ClientCache::default(),
             inherited: Mutex::default(),
-            watches: Mutex::default(),
+            watches: Arc::default(),
             process: lease::process_identity(INSTANCES.fetch_add(1, Ordering::Relaxed)),
             lease_released: tokio::sync::Notify::new(),
         }
@@ -185,12 +196,37 @@ impl Engine {
     ) -> Arc<informer::NamespaceWatch> {
         let key = (source.clone(), namespace.to_owned());
         let mut watches = lock(&self.watches);
-        if let Some(watch) = watches.get(&key).and_then(Weak::upgrade) {
-            return watch;
-        }
-        let watch = Arc::new(informer::NamespaceWatch::start(client, namespace));
-        watches.retain(|_, weak| weak.strong_count() > 0);
-        watches.insert(key, Arc::downgrade(&watch));
+        let (watch, generation) = watches.entry(key.clone()).or_insert_with(|| {
+            (
+                Arc::new(informer::NamespaceWatch::start(client, namespace)),
+                0,
+            )
+        });
+        *generation += 1;
+        let (watch, generation) = (watch.clone(), *generation);
+        tokio::spawn(reap(Arc::downgrade(&self.watches), key, generation));
         watch
+    }
+}
+
+/// Stop the watch of `key` once no run has used it for [`WATCH_LINGER`] — unless a later run
+/// took it meanwhile (its own reaper takes over) or the engine is gone (the watches with it).
+async fn reap(watches: Weak<Mutex<Watches>>, key: (ClusterSource, String), generation: u64) {
+    loop {
+        tokio::time::sleep(WATCH_LINGER).await;
+        let Some(watches) = watches.upgrade() else {
+            return;
+        };
+        let mut watches = lock(&watches);
+        match watches.get(&key) {
+            Some((_, newest)) if *newest != generation => return,
+            // Still followed by a run: look again a linger period later.
+            Some((watch, _)) if Arc::strong_count(watch) > 1 => {}
+            Some(_) => {
+                watches.remove(&key);
+                return;
+            }
+            None => return,
+        }
     }
 }

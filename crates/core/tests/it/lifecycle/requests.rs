@@ -42,12 +42,28 @@ async fn requests_per_run_do_not_grow_with_its_duration() {
     let long = counted_run(&h, &engine, "run-60s", 60).await;
     let (short_total, long_total) = (without_logs(&short), without_logs(&long));
     assert!(
-        short_total <= 14,
-        "a run makes at most 14 requests besides logs (3 of them on the agent's Lease): {short:?}"
+        short_total <= 8,
+        "a run after another of the same engine makes at most 8 requests besides logs: {short:?}"
     );
-    assert!(
-        short.get(Verb::Get, "leases") + short.get(Verb::Update, "leases") <= 3,
-        "the Lease costs a read and a write to take it and one write to release it: {short:?}"
+    for resource in ["jobs", "pods", "events"] {
+        assert_eq!(
+            short.get(Verb::Watch, resource),
+            0,
+            "the namespace watch of the run before is reused: {short:?}"
+        );
+    }
+    assert_eq!(
+        short.get(Verb::List, "jobs"),
+        1,
+        "only the guard lists the agent's Jobs; the shared watch does not list again: {short:?}"
+    );
+    assert_eq!(
+        (
+            short.get(Verb::Get, "leases"),
+            short.get(Verb::Update, "leases")
+        ),
+        (0, 2),
+        "the Lease this engine released is retaken with one replace and released with one: {short:?}"
     );
     // What grows with time is bounded per minute: a Lease renewal every 10 s and a reopen of
     // each of the three watches every 50 s (their liveness check).
