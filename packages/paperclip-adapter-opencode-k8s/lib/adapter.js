@@ -49,11 +49,6 @@ const UI_TYPES = {
   args: "text",
 };
 
-function label(name) {
-  const last = name.split(".").map((part) => part.charAt(0).toUpperCase() + part.slice(1));
-  return last.join(" ").replace(/([a-z])([A-Z])/g, "$1 $2");
-}
-
 function defaultValue(field) {
   if (field.default == null) return undefined;
   if (field.kind === "boolean") return field.default === "true";
@@ -61,13 +56,14 @@ function defaultValue(field) {
   return field.default;
 }
 
-/** Every config field, from core's one table, each with its hint. */
+/** Every config field, from core's one table, each with its label, form section and hint. */
 export function getConfigSchema() {
   return {
     fields: native.configFields().map((field) => {
       const schema = {
         key: field.name,
-        label: label(field.name),
+        label: field.label,
+        group: field.group,
         type: UI_TYPES[field.kind] ?? "text",
         hint: `${field.hint} Accepted: ${field.accepted}.`,
         required: field.name === "model",
