@@ -370,7 +370,8 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     // so the agent does not go idle.
     const nextRun = await finishedRun(nextRunId, { agentIdle: false });
     const log = await api.runLog(nextRunId);
-    t.diagnostic(`next run: ${JSON.stringify({ status: nextRun.status, usageJson: nextRun.usageJson, resultJson: nextRun.resultJson })}`);
+    const { inputTokens: shownInput, outputTokens: shownOutput } = nextRun.usageJson ?? {};
+    t.diagnostic(`next run: status=${nextRun.status} inputTokens=${shownInput} outputTokens=${shownOutput} job=${nextRun.resultJson?.jobName}`);
     assert.equal(nextRun.status, "succeeded", describeRun(nextRun, log));
     assert.ok(log.includes(`[opencode-k8s] ${PACKAGE} ${nextVersion} `), `the new version ran it:\n${log}`);
 
