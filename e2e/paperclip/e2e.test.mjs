@@ -59,7 +59,9 @@ async function createAgent(name, extraEnv = {}) {
     adapterType: "opencode_k8s",
     adapterConfig: {
       model: "fake/fake-model",
-      kubeconfig: cluster.kubeconfig,
+      // The server refuses a kubeconfig path outside OPENCODE_K8S_KUBECONFIG_DIR; the content is
+      // what an operator pastes into the form.
+      kubeconfigContent: fs.readFileSync(cluster.kubeconfig, "utf8"),
       namespace: NAMESPACE,
       env: { PATH: `${fakeBin}:/usr/local/bin:/usr/bin:/bin`, ...extraEnv },
     },
@@ -306,7 +308,7 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     assert.deepEqual(await streamsOf(runId, /fake-opencode: new session/), ["stdout"]);
   });
 
-  it("upgrades by name during a long run: the Job survives, the next run adopts it on the new version", slow, async (t) => {
+  it("upgrades by name during a long run: the Job survives, the next run harvests it on the new version, then runs its own prompt", slow, async (t) => {
     assert.ok(version, "needs the by-name install");
     const release = path.join(RUN_DIR, "release-upgrade-run");
     const agent = await createAgent("opencode-k8s e2e upgrade agent", { E2E_FAKE_OPENCODE_RELEASE: release });
@@ -352,27 +354,60 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     assert.equal(still.jobs.length, 1, "the old run's Job was not killed by the upgrade");
     assert.equal(still.jobs[0].metadata.uid, job.metadata.uid);
 
-    // The next run of the same task adopts the Job, on the new version, and gets its output.
+    // The old process is gone and its Lease expires: the next run of the agent, on the new
+    // version, follows the orphaned Job to its end (its output once, from the start, and its
+    // usage), then runs its own prompt in a Job of its own.
     const createdBefore = await jobsCreated();
-    const adoptingRunId = await invoke(agent);
+    const nextRunId = await invoke(agent);
+    const orphanNotice = `Job ${NAMESPACE}/${job.metadata.name} of run ${oldRunId} was left behind and nobody follows it`;
     await waitFor(
-      "the next run to reattach to the Job",
-      async () => (await api.runLog(adoptingRunId)).includes(`reattaching to Job ${NAMESPACE}/${job.metadata.name}`),
+      "the next run to harvest the orphaned Job",
+      async () => (await api.runLog(nextRunId)).includes(orphanNotice),
       { timeoutMs: 120_000, proc: paperclip.proc },
     );
     fs.writeFileSync(release, "");
     // Paperclip still counts the old run as running (nothing reaps it with the scheduler off),
     // so the agent does not go idle.
-    const adopting = await finishedRun(adoptingRunId, { agentIdle: false });
-    const log = await api.runLog(adoptingRunId);
-    t.diagnostic(`adopting run: ${JSON.stringify({ status: adopting.status, usageJson: adopting.usageJson, resultJson: adopting.resultJson })}`);
-    assert.equal(adopting.status, "succeeded", describeRun(adopting, log));
+    const nextRun = await finishedRun(nextRunId, { agentIdle: false });
+    const log = await api.runLog(nextRunId);
+    const { inputTokens: shownInput, outputTokens: shownOutput } = nextRun.usageJson ?? {};
+    t.diagnostic(`next run: status=${nextRun.status} inputTokens=${shownInput} outputTokens=${shownOutput} job=${nextRun.resultJson?.jobName}`);
+    assert.equal(nextRun.status, "succeeded", describeRun(nextRun, log));
     assert.ok(log.includes(`[opencode-k8s] ${PACKAGE} ${nextVersion} `), `the new version ran it:\n${log}`);
-    assert.ok(log.includes("fake-opencode: released"), "the old Job's output after the restart is not lost");
-    assert.ok(log.includes(MODEL_TEXT), "the model's answer reached Paperclip");
-    assert.equal(adopting.sessionIdAfter, SESSION, "the session of the adopted Job is kept");
-    const usage = adopting.usageJson ?? {};
-    assert.ok((usage.inputTokens ?? usage.rawInputTokens) > 0, `the Job's usage was recorded: ${JSON.stringify(usage)}`);
-    assert.equal(await jobsCreated(), createdBefore, "the adopting run created no Job of its own");
+
+    const count = (text) => log.split(text).length - 1;
+    const orphanStart = `(run ${oldRunId}, session new)`;
+    const ownStart = `(run ${nextRunId}, session ${SESSION})`;
+    assert.equal(count(orphanStart), 1, `the orphan's output, once:\n${log}`);
+    assert.equal(count("fake-opencode: released"), 2, "the orphan's output after the restart is not lost, and the own Job ran");
+    assert.equal(count(MODEL_TEXT), 2, "both turns' answers reached Paperclip");
+    const harvested = /harvested orphaned Job \S+: (\d+) input, (\d+) output tokens, [\d.]+ USD, counted in this run; now running this run's own prompt, continuing session (\S+) it produced/.exec(log);
+    assert.ok(harvested, `the harvest is in the run log:\n${log}`);
+    assert.equal(harvested[3], SESSION, "the own prompt continues the orphan's session of the same task");
+    // The own prompt reached the fake agent, in a Job of its own, after the orphan's.
+    assert.equal(count(ownStart), 1, `the own prompt ran, resuming the session:\n${log}`);
+    assert.ok(log.indexOf(orphanStart) < log.indexOf(harvested[0]) && log.indexOf(harvested[0]) < log.indexOf(ownStart));
+    assert.match(log, new RegExp(`fake-opencode: waiting for \\S+ after a [1-9]\\d*-byte prompt \\(run ${nextRunId}`));
+    assert.equal(await jobsCreated(), createdBefore + 1, "one Job for the own prompt, none for the orphan");
+    assert.equal(nextRun.sessionIdAfter, SESSION, "the session is kept");
+    // Both Jobs replay the same captured turn: the run's usage is the orphan's plus its own.
+    const orphanInput = Number(harvested[1]);
+    const usage = nextRun.usageJson ?? {};
+    const inputTokens = usage.inputTokens ?? usage.rawInputTokens;
+    assert.ok(orphanInput > 0, "the orphan's usage was read");
+    assert.equal(inputTokens, 2 * orphanInput, `the orphan's usage is recorded with the run's: ${JSON.stringify(usage)}`);
+
+    let left;
+    await waitFor(
+      "both Jobs, their pods and Secrets to be gone",
+      async () => {
+        const [old, own] = [await clusterObjectsOf(oldRunId), await clusterObjectsOf(nextRunId)];
+        left = [old, own].flatMap((o) => [...o.jobs, ...o.pods, ...o.secrets].map((item) => item.metadata.name));
+        return left.length === 0;
+      },
+      { timeoutMs: 30_000 },
+    ).catch((error) => {
+      throw new Error(`${error.message}; still there: ${left?.join(", ")}`);
+    });
   });
 });

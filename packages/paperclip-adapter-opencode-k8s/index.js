@@ -8,14 +8,15 @@ export { EngineError } from "./lib/engine.js";
 
 /**
  * The adapter module. `options.engine` is for tests and embedding (`selfPodNamespace`,
- * `selfPodName`) and `options.skillsHome` (where skills are copied, default the shared volume's
- * `.claude/skills`); Paperclip passes nothing and the Jobs inherit from the pod it runs in.
+ * `selfPodName`) and `options.volumeDir` (where this process sees the shared volume, default
+ * `/paperclip`; each agent's skills are copied into its HOME there); Paperclip passes nothing
+ * and the Jobs inherit from the pod it runs in.
  */
 export function createServerAdapter(options = {}) {
   const engine = new native.Engine(options.engine ?? null);
   return {
     type: ADAPTER_TYPE,
-    execute: (ctx) => execute(engine, ctx, { skillsHome: options.skillsHome }),
+    execute: (ctx) => execute(engine, ctx, { volumeDir: options.volumeDir }),
     testEnvironment: (ctx) => testEnvironment(engine, ctx),
     sessionCodec,
     models,

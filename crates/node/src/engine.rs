@@ -10,6 +10,7 @@ use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::lifecycle::{
     self, CheckStatus, DoctorTarget, EngineOptions, RunError, SelfPod,
 };
+use opencode_k8s_core::manifest;
 use opencode_k8s_core::resume::{self, Saved};
 use tokio_util::sync::CancellationToken;
 
@@ -195,6 +196,14 @@ pub fn resume_decision(
     });
     let enabled = config.as_ref().is_none_or(|c| c.resume_last_session);
     resume::decide(saved, cwd.as_deref(), enabled).into()
+}
+
+/// The agent's state directory, its pod's `HOME` (`/paperclip/.opencode-k8s/<company>/<agent>`,
+/// ids that are not plain path segments hashed): the Paperclip pod mounts the shared volume at
+/// the same `/paperclip`, so files the adapter puts there (the agent's skills) are in the pod.
+#[napi(catch_unwind)]
+pub fn agent_home(company_id: String, agent_id: String) -> String {
+    manifest::agent_home(&company_id, &agent_id)
 }
 
 /// Every agent configuration field, in the order the UI shows them.

@@ -14,4 +14,4 @@ pub use convert::{
     CheckJs, ConfigFieldJs, EngineOptionsJs, ResumeDecisionJs, RunErrorJs, RunEventJs,
     RunOutcomeJs, RunRequestJs, RunResultJs, SessionJs, UsageJs,
 };
-pub use engine::{Engine, RunHandle, config_fields, resume_decision, version};
+pub use engine::{Engine, RunHandle, agent_home, config_fields, resume_decision, version};

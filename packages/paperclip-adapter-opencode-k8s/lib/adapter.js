@@ -8,7 +8,10 @@ function nonEmpty(value) {
   return typeof value === "string" && value.trim().length > 0 ? value.trim() : null;
 }
 
-/** Sessions are OpenCode session ids; `sessionId` alone is enough to resume. */
+/**
+ * Sessions are OpenCode session ids with the cwd they were created in; `sessionId` alone is
+ * accepted, and the engine starts such a session fresh (its directory is unknown).
+ */
 export const sessionCodec = {
   deserialize(raw) {
     if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return null;
@@ -49,11 +52,6 @@ const UI_TYPES = {
   args: "text",
 };
 
-function label(name) {
-  const last = name.split(".").map((part) => part.charAt(0).toUpperCase() + part.slice(1));
-  return last.join(" ").replace(/([a-z])([A-Z])/g, "$1 $2");
-}
-
 function defaultValue(field) {
   if (field.default == null) return undefined;
   if (field.kind === "boolean") return field.default === "true";
@@ -61,13 +59,14 @@ function defaultValue(field) {
   return field.default;
 }
 
-/** Every config field, from core's one table, each with its hint. */
+/** Every config field, from core's one table, each with its label, form section and hint. */
 export function getConfigSchema() {
   return {
     fields: native.configFields().map((field) => {
       const schema = {
         key: field.name,
-        label: label(field.name),
+        label: field.label,
+        group: field.group,
         type: UI_TYPES[field.kind] ?? "text",
         hint: `${field.hint} Accepted: ${field.accepted}.`,
         required: field.name === "model",
@@ -130,7 +129,8 @@ ${rows.join("\n")}
 
 Notes:
 - The workspace cwd must be on the shared volume (/paperclip) for the pod to see it.
-- A saved session is resumed only when its cwd equals this run's cwd; \`sessionId\` alone is enough.
+- A saved session is resumed only when its saved cwd equals this run's cwd; one saved without a
+  cwd starts a fresh session (resuming from another directory hangs OpenCode).
 - A failed run carries a stable errorCode (config_invalid, k8s_forbidden, k8s_image_pull_failed,
   llm_api_error, opencode_failed, timeout, cancelled, ...).
 `;

@@ -8,9 +8,9 @@
 // looks like the engine's: only this adapter chooses the stream.
 import { inferOpenAiCompatibleBiller } from "@paperclipai/adapter-utils";
 import { asString, parseObject } from "@paperclipai/adapter-utils/server-utils";
-import { EngineError, VERSION_LINE, resumeDecision, startRun } from "./engine.js";
+import { EngineError, VERSION_LINE, native, resumeDecision, startRun } from "./engine.js";
 import { buildPrompt, paperclipEnv, savedSession, workspace } from "./prompt.js";
-import { DEFAULT_SKILLS_HOME, materializeSkills } from "./skills.js";
+import { hostAgentHome, materializeSkills } from "./skills.js";
 
 function providerOf(model) {
   const slash = model.indexOf("/");
@@ -26,8 +26,10 @@ function cancellation(forced) {
  * Paperclip renews a lease on every running run in its database every 10 s and aborts the
  * run's signal when a renewal fails — which happens on every graceful shutdown (an upgrade's
  * restart), once the database is stopped or the run is marked interrupted. Deleting the Job
- * then would throw away the agent's work; left running, the next run of the task reattaches to
- * it. The reason's message is the only thing that tells the two apart.
+ * then would throw away the agent's work; left running, it is followed to its end by this
+ * process, or — should the process be gone — harvested by the agent's next run (its output and
+ * usage recorded) before that run's own prompt. The reason's message is the only thing that
+ * tells the two apart.
  */
 export function isLeaseLoss(reason) {
   return reason instanceof Error && reason.message === "Legacy controller lease lost";
@@ -40,8 +42,8 @@ export function streamOf(event) {
 
 /**
  * Run one agent turn. Never throws: every failure is a result with an `errorCode`.
- * `options.skillsHome` is where the agent's skills are copied (default: the shared volume's
- * `.claude/skills`, which is the pod's `~/.claude/skills`).
+ * `options.volumeDir` is where this process sees the shared volume (default `/paperclip`, as
+ * in the agent pods): the agent's skills are copied into its HOME there.
  */
 export async function execute(engine, ctx, options = {}) {
   // Paperclip must be able to cancel before anything exists in the cluster.
@@ -75,7 +77,8 @@ export async function execute(engine, ctx, options = {}) {
     // and the full one rides along for any attempt that does not resume (the fresh retry after
     // a stale session).
     const resumed = resumeDecision(session, ws.cwd, config).decision === "resumed";
-    await materializeSkills(config, options.skillsHome ?? DEFAULT_SKILLS_HOME, warn);
+    const home = hostAgentHome(native.agentHome(ctx.agent.companyId, ctx.agent.id), options.volumeDir);
+    await materializeSkills(config, home, warn);
     const prompt = await buildPrompt(ctx, config, { cwd: ws.cwd, resumed, warn });
     const freshPrompt = resumed ? await buildPrompt(ctx, config, { cwd: ws.cwd, resumed: false, warn }) : undefined;
     const request = {
@@ -102,7 +105,7 @@ export async function execute(engine, ctx, options = {}) {
         return;
       }
       warn(
-        "Paperclip lost its lease on this run (its database is unreachable, or the server is shutting down): the Job is left running and the next run of this task reattaches to it",
+        "Paperclip lost its lease on this run (its database is unreachable, or the server is shutting down): the Job is left running; if this process stops before it ends, the agent's next run records its output and usage first",
       );
     };
     signal?.addEventListener("abort", abort, { once: true });

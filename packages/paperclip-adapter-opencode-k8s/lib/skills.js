@@ -5,10 +5,10 @@
 //
 // opencode_local symlinks the host's skill directories; those live in Paperclip's install
 // (node_modules), which the pod cannot see, so the directories are copied onto the shared
-// volume instead. The pod's HOME is the volume's mount point, so the host's
-// `<volume>/.claude/skills` is the pod's `~/.claude/skills`. Like opencode_local's skills home,
-// the directory is shared by the agents of the instance: a skill is added or refreshed, never
-// removed by another agent's run.
+// volume instead. The pod's HOME is the agent's own state directory on the volume (the engine's
+// `agentHome`, mounted at the same path in the Paperclip pod and in the agent pod), so each
+// agent's skills are copied into its own `<agent home>/.claude/skills`: an agent sees only its
+// own skills, and no other agent's run touches them.
 import { createHash, randomUUID } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
@@ -24,8 +24,30 @@ const moduleDir = path.dirname(fileURLToPath(import.meta.url));
 /** Where the shared volume is mounted, in the Paperclip container and in every agent pod. */
 export const VOLUME_MOUNT = "/paperclip";
 
-/** The skills home on the host; the pod sees it as `$HOME/.claude/skills`. */
-export const DEFAULT_SKILLS_HOME = path.join(VOLUME_MOUNT, ".claude", "skills");
+/**
+ * Where this process sees the agent's HOME: the engine's `agentHome` (a path below
+ * `/paperclip`) moved under `volumeDir`, the volume's mount point in this process (`/paperclip`
+ * in the Paperclip pod; another directory in tests).
+ */
+export function hostAgentHome(agentHome, volumeDir = VOLUME_MOUNT) {
+  const below = path.posix.relative(VOLUME_MOUNT, agentHome);
+  if (!below || below.startsWith("..") || path.posix.isAbsolute(below)) {
+    throw new Error(`the agent home ${agentHome} is not below ${VOLUME_MOUNT}`);
+  }
+  return path.join(volumeDir, below);
+}
+
+/**
+ * Create the agent's HOME if this process is first: only its owner may enter it, as the init
+ * container's `mkdir -m 700` would make it (which does not change a directory that exists). An
+ * existing HOME is left as it is.
+ */
+async function ensureHome(home) {
+  await fs.mkdir(path.dirname(home), { recursive: true });
+  await fs.mkdir(home, { mode: 0o700 }).catch((err) => {
+    if (err.code !== "EEXIST") throw err;
+  });
+}
 
 /** Records which source a copied skill came from, so an unchanged skill is not copied again. */
 const STAMP = ".opencode-k8s-source";
@@ -79,17 +101,20 @@ async function install(source, target) {
 }
 
 /**
- * Put the agent's desired runtime skills into `skillsHome`. Returns the runtime names of the
- * skills that are there; a skill that cannot be copied is reported through `warn` and skipped
- * (the run goes on without it, as with opencode_local).
+ * Put the agent's desired runtime skills into `<home>/.claude/skills`, `home` being where this
+ * process sees the agent's HOME ([hostAgentHome]). Returns the runtime names of the skills that
+ * are there; a skill that cannot be copied is reported through `warn` and skipped (the run goes
+ * on without it, as with opencode_local). Nothing is created for an agent without skills.
  */
-export async function materializeSkills(config, skillsHome, warn) {
+export async function materializeSkills(config, home, warn) {
   const entries = await readPaperclipRuntimeSkillEntries(config, moduleDir);
   const desired = new Set(resolveLegacyPaperclipDesiredSkillNames(config, entries));
+  const skillsHome = path.join(home, ".claude", "skills");
   const present = [];
   for (const entry of entries) {
     if (!desired.has(entry.key) || isPaperclipSkillSourceMissing(entry)) continue;
     try {
+      await ensureHome(home);
       await fs.mkdir(skillsHome, { recursive: true });
       await install(entry.source, path.join(skillsHome, entry.runtimeName));
       present.push(entry.runtimeName);

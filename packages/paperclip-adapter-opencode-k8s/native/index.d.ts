@@ -37,6 +37,13 @@ export declare class RunHandle {
   outcome(): Promise<RunOutcomeJs>
 }
 
+/**
+ * The agent's state directory, its pod's `HOME` (`/paperclip/.opencode-k8s/<company>/<agent>`,
+ * ids that are not plain path segments hashed): the Paperclip pod mounts the shared volume at
+ * the same `/paperclip`, so files the adapter puts there (the agent's skills) are in the pod.
+ */
+export declare function agentHome(companyId: string, agentId: string): string
+
 /** One environment check, in Paperclip's `AdapterEnvironmentCheck` shape. */
 export interface CheckJs {
   /** Stable code of the check. */

@@ -1,27 +1,29 @@
 // The built addon driven through createServerAdapter() against the simulated cluster.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { createServerAdapter } from "../index.js";
+import { native } from "../lib/engine.js";
 import { CWD, NS, PACKAGE_DIR, context, fixture, startCluster, waitFor } from "./helpers.mjs";
 
 const SESSION = "ses_de2d87857ffeYcorR0xMgtIWlV";
 let cluster;
 let adapter;
-let skillsHome;
+let skillSources;
 
 before(async () => {
   cluster = await startCluster();
-  skillsHome = mkdtempSync(join(tmpdir(), "oc-k8s-skills-"));
-  adapter = createServerAdapter({ engine: { selfPodNamespace: NS, selfPodName: "paperclip" }, skillsHome });
+  skillSources = mkdtempSync(join(tmpdir(), "oc-k8s-skills-"));
+  // The claim's directory stands for the Paperclip pod's /paperclip.
+  adapter = createServerAdapter({ engine: { selfPodNamespace: NS, selfPodName: "paperclip" }, volumeDir: cluster.pvcDir });
 });
 
 after(async () => {
   await cluster?.stop();
-  if (skillsHome) rmSync(skillsHome, { recursive: true, force: true });
+  if (skillSources) rmSync(skillSources, { recursive: true, force: true });
 });
 
 function output(logs) {
@@ -81,6 +83,34 @@ test("a failed run returns the exit code and a stable error code", async () => {
   assert.equal(result.exitCode, 1);
   assert.equal(result.errorCode, "llm_api_error");
   assert.match(result.errorMessage, /fake upstream exploded/);
+});
+
+/** A runtime skill of Paperclip's shape whose directory is `skillSources/<name>`. */
+function skill(name) {
+  const source = join(skillSources, name);
+  mkdirSync(source, { recursive: true });
+  writeFileSync(join(source, "SKILL.md"), `---\nname: ${name}\ndescription: ${name}\n---\nUse ${name}.\n`);
+  return { key: `test/${name}`, runtimeName: name, source, sourceStatus: "available", missingDetail: null };
+}
+
+test("each agent's skills are in its own pod's ~/.claude/skills, and only its own", async () => {
+  cluster.opencode('cat > /dev/null; echo "HOME $HOME"; echo "SKILLS $(ls "$HOME/.claude/skills" | tr "\\n" " ")"');
+  const skills = [skill("only-for-a"), skill("only-for-b")];
+  const run = async (agentId, wanted) => {
+    const logs = [];
+    const config = { paperclipRuntimeSkills: skills, paperclipSkillSync: { desiredSkills: [`test/${wanted}`] } };
+    const result = await adapter.execute(context(cluster, { runId: `run-skills-${agentId}`, agentId, config, logs }));
+    assert.equal(result.errorMessage, null, output(logs));
+    return output(logs);
+  };
+  const a = await run("agent-skills-a", "only-for-a");
+  const b = await run("agent-skills-b", "only-for-b");
+  const companyId = JSON.parse(fixture("paperclip/ctx-issue-assigned.json")).agent.companyId;
+  const home = native.agentHome(companyId, "agent-skills-a");
+  assert.equal(home, `/paperclip/.opencode-k8s/${companyId}/agent-skills-a`);
+  assert.match(a, new RegExp(`HOME ${home}\n`), "the pod's HOME is the engine's agentHome");
+  assert.match(a, /SKILLS only-for-a \n/);
+  assert.match(b, /SKILLS only-for-b \n/);
 });
 
 test("an invalid config fails with config_invalid and creates nothing", async () => {
@@ -220,7 +250,7 @@ test("testEnvironment passes against a reachable cluster and fails on a bad conf
   const ok = await adapter.testEnvironment({
     companyId: "c",
     adapterType: "opencode_k8s",
-    config: { model: "fake/fake-model", kubeconfig: cluster.kubeconfig },
+    config: { model: "fake/fake-model", kubeconfigContent: cluster.kubeconfigContent },
   });
   assert.notEqual(ok.status, "fail", JSON.stringify(ok, null, 1));
   assert.ok(ok.checks.length > 5, "the doctor's checks, one per RBAC rule among them");
@@ -229,4 +259,17 @@ test("testEnvironment passes against a reachable cluster and fails on a bad conf
   assert.equal(bad.status, "fail");
   assert.equal(bad.checks[0].code, "config_invalid");
   assert.match(bad.checks[0].detail, /model/);
+});
+
+test("a kubeconfig path is refused by the server unless inside OPENCODE_K8S_KUBECONFIG_DIR, and nothing is created", async () => {
+  assert.equal(process.env.OPENCODE_K8S_KUBECONFIG_DIR, undefined, "the tests run without it");
+  const before = (await cluster.jobs()).length;
+  const logs = [];
+  const ctx = context(cluster, { runId: "run-kubeconfig-path", agentId: "agent-kubeconfig-path", config: { kubeconfig: cluster.kubeconfig }, logs });
+  delete ctx.config.kubeconfigContent;
+  const result = await adapter.execute(ctx);
+  assert.equal(result.errorCode, "config_invalid", output(logs));
+  assert.match(result.errorMessage, /kubeconfig/);
+  assert.match(result.errorMessage, /OPENCODE_K8S_KUBECONFIG_DIR/);
+  assert.equal((await cluster.jobs()).length, before);
 });

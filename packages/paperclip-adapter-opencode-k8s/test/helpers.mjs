@@ -1,7 +1,7 @@
 // Test support: a simulated cluster (kube-sim, a TEST DOUBLE from crates/testkit) with a
 // Paperclip pod, a fake `opencode` script on the pod's PATH, and Paperclip-shaped contexts.
 import { spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -27,7 +27,11 @@ export async function waitFor(what, probe, timeoutMs = 20_000) {
   }
 }
 
-/** kube-sim on 127.0.0.1 with a Paperclip pod in `paperclip`, and a directory for the fake. */
+/**
+ * kube-sim on 127.0.0.1 with a Paperclip pod in `paperclip`, and a directory for the fake.
+ * `pvcDir` is the host directory of the shared claim (what the Paperclip pod mounts at
+ * `/paperclip`): the adapter's `volumeDir` in these tests.
+ */
 export async function startCluster() {
   const dir = mkdtempSync(join(tmpdir(), "oc-k8s-node-test-"));
   chmodSync(dir, 0o755);
@@ -36,19 +40,31 @@ export async function startCluster() {
   const kubeconfig = join(dir, "kubeconfig");
   const exe = process.env.KUBE_SIM ?? join(REPO_DIR, "target", "debug", "kube-sim");
   if (!existsSync(exe)) throw new Error(`${exe} is missing: run scripts/build-package first`);
+  // kube-sim keeps its volumes and PVCs in a temporary directory: this one, to find the claim.
+  const simDir = join(dir, "sim");
+  mkdirSync(simDir);
   const child = spawn(exe, ["serve", "--seed", join(dir, "seed.yaml"), "--kubeconfig-out", kubeconfig], {
     stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, TMPDIR: simDir },
   });
   let out = "";
   child.stdout.on("data", (d) => (out += d));
   const url = await waitFor("kube-sim to start", () => out.match(/server:\s+(\S+)/)?.[1] && existsSync(kubeconfig) && out.match(/server:\s+(\S+)/)[1]);
   const token = readFileSync(kubeconfig, "utf8").match(/token:\s*"?([^"\s]+)"?/)[1];
-  const { mkdirSync } = await import("node:fs");
+  // testkit's layout: <data dir>/pvcs/<namespace>/<claim>, made when the seeded pod mounts it.
+  const pvcDir = await waitFor("the paperclip-data PVC directory", () =>
+    readdirSync(simDir)
+      .map((entry) => join(simDir, entry, "pvcs", NS, "paperclip-data"))
+      .find((candidate) => existsSync(candidate)),
+  );
   mkdirSync(bin, { mode: 0o755 });
   chmodSync(bin, 0o755);
   return {
     url,
     kubeconfig,
+    /** The kubeconfig's text, as `kubeconfigContent` (a server refuses a kubeconfig path). */
+    kubeconfigContent: readFileSync(kubeconfig, "utf8"),
+    pvcDir,
     bin,
     /** Install the fake `opencode`: a POSIX shell body; the prompt is on stdin. */
     opencode(body) {
@@ -85,7 +101,7 @@ export async function startCluster() {
 export function adapterConfig(cluster, extra = {}) {
   return {
     model: "fake/fake-model",
-    kubeconfig: cluster.kubeconfig,
+    kubeconfigContent: cluster.kubeconfigContent,
     namespace: NS,
     env: { PATH: `${cluster.bin}:/usr/local/bin:/usr/bin:/bin` },
     ...extra,

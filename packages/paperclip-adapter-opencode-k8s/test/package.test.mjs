@@ -21,11 +21,17 @@ test("the module has what Paperclip calls", async () => {
   assert.match(adapter.agentConfigurationDoc, /kubeconfigContent/);
 });
 
-test("the config schema has every field with a hint, textareas for maps and tolerations", async () => {
+test("the config schema has every field with the engine's label, section and hint, textareas for maps and tolerations", async () => {
   const { fields } = await adapter.getConfigSchema();
   assert.ok(fields.length >= 20);
-  for (const f of fields) assert.ok(f.hint && f.label && f.type, JSON.stringify(f));
+  const sections = ["Model", "Kubernetes", "Resources", "Session", "Advanced"];
+  for (const f of fields) assert.ok(f.hint && f.label && f.type && sections.includes(f.group), JSON.stringify(f));
   const byKey = Object.fromEntries(fields.map((f) => [f.key, f]));
+  // The labels and sections are core's (one table for the form, the CLI and the docs), not
+  // words made from the key.
+  assert.deepEqual([byKey.effort.label, byKey.effort.group], ["Thinking effort", "Model"]);
+  assert.deepEqual([byKey["resources.limits.memory"].label, byKey["resources.limits.memory"].group], ["Memory limit", "Resources"]);
+  assert.deepEqual([byKey.kubeconfigContent.label, byKey.kubeconfigContent.group], ["Kubeconfig content", "Kubernetes"]);
   assert.equal(byKey.env.type, "textarea");
   assert.equal(byKey.tolerations.type, "textarea");
   assert.equal(byKey.nodeSelector.type, "textarea");

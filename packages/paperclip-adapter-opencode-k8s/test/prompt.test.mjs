@@ -3,13 +3,14 @@
 // is measured, not modelled: opencode_local's execute runs against a stand-in `opencode` and
 // reports the prompt it sends through onMeta.
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { execute as localExecute } from "@paperclipai/adapter-opencode-local/server";
-import { buildPrompt, savedSession, willResume, workspace } from "../lib/prompt.js";
-import { materializeSkills } from "../lib/skills.js";
+import { resumeDecision } from "../lib/engine.js";
+import { buildPrompt, savedSession, workspace } from "../lib/prompt.js";
+import { hostAgentHome, materializeSkills } from "../lib/skills.js";
 import { fixture } from "./helpers.mjs";
 
 const FIXTURES = [
@@ -61,7 +62,12 @@ function localContext(name, root) {
   };
   delete config.promptTemplate;
   const context = { ...captured.context, paperclipWorkspace: { ...captured.context.paperclipWorkspace, cwd } };
-  return { ...captured, config, context, agent: { ...captured.agent, adapterConfig: config } };
+  // A session this adapter saved names its cwd (an unknown one is not resumed), and it is this
+  // workspace's: the captured ones come from an adapter that saved none.
+  const runtime = captured.runtime?.sessionParams
+    ? { ...captured.runtime, sessionParams: { ...captured.runtime.sessionParams, cwd } }
+    : captured.runtime;
+  return { ...captured, config, context, runtime, agent: { ...captured.agent, adapterConfig: config } };
 }
 
 /** The prompt opencode_local sends to `opencode` on stdin for this context. */
@@ -80,7 +86,8 @@ async function opencodeLocalPrompt(ctx) {
 
 async function ourPrompt(ctx) {
   const ws = workspace(ctx.config, ctx.context);
-  const resumed = willResume(ctx.config, savedSession(ctx.runtime), ws.cwd);
+  // As execute does: the engine's decision.
+  const resumed = resumeDecision(savedSession(ctx.runtime), ws.cwd, ctx.config).decision === "resumed";
   const warnings = [];
   const prompt = await buildPrompt(ctx, ctx.config, { cwd: ws.cwd, resumed, warn: async (w) => warnings.push(w) });
   assert.deepEqual(warnings, []);
@@ -103,27 +110,30 @@ for (const [kind, name] of FIXTURES) {
   });
 }
 
-test("the desired skills are copied whole into the skills home, once, and refreshed when changed", async () => {
+test("the desired skills are copied whole into the agent home's skills, once, and refreshed when changed", async () => {
   const root = join(dir, "materialize");
   const ctx = localContext("paperclip/ctx-issue-assigned.json", root);
-  const home = join(root, "volume", ".claude", "skills");
+  const agentHome = join(root, "volume", ".opencode-k8s", "company", "agent");
+  const home = join(agentHome, ".claude", "skills");
   const warnings = [];
   const warn = async (w) => warnings.push(w);
-  const present = await materializeSkills(ctx.config, home, warn);
+  const present = await materializeSkills(ctx.config, agentHome, warn);
   assert.deepEqual(warnings, []);
   // paperclip is always desired; the captured agent asked for no other.
   assert.deepEqual(present, ["paperclip"]);
+  // The adapter made the agent's HOME: only the agent may enter it, as the init container would.
+  assert.equal(statSync(agentHome).mode & 0o777, 0o700);
   const skill = join(home, "paperclip");
   assert.match(readFileSync(join(skill, "SKILL.md"), "utf8"), /^---\nname: paperclip\n/);
   assert.equal(readFileSync(join(skill, "references", "api.md"), "utf8"), "GET /api/issues\n");
 
   const source = ctx.config.paperclipRuntimeSkills.find((e) => e.runtimeName === "paperclip").source;
   writeFileSync(join(source, "SKILL.md"), "---\nname: paperclip\ndescription: new\n---\nv2\n");
-  await materializeSkills(ctx.config, home, warn);
+  await materializeSkills(ctx.config, agentHome, warn);
   assert.match(readFileSync(join(skill, "SKILL.md"), "utf8"), /v2/, "a changed skill is refreshed");
 
   const desired = { ...ctx.config, paperclipSkillSync: { desiredSkills: ["paperclipai/paperclip/paperclip-board"] } };
-  assert.deepEqual(await materializeSkills(desired, home, warn), ["paperclip", "paperclip-board"]);
+  assert.deepEqual(await materializeSkills(desired, agentHome, warn), ["paperclip", "paperclip-board"]);
   assert.ok(existsSync(join(home, "paperclip-board", "SKILL.md")));
 });
 
@@ -138,8 +148,14 @@ test("a skill that cannot be copied is a warning, and the others still land", as
     ),
   };
   const warnings = [];
-  const present = await materializeSkills(config, join(root, "skills"), async (w) => warnings.push(w));
+  const present = await materializeSkills(config, join(root, "home"), async (w) => warnings.push(w));
   assert.deepEqual(present, ["paperclip"]);
   assert.equal(warnings.length, 1);
   assert.match(warnings[0], /could not copy skill "paperclipai\/paperclip\/paperclip-board"/);
+});
+
+test("an agent's HOME seen from this process: the engine's path moved under the volume's mount point", () => {
+  assert.equal(hostAgentHome("/paperclip/.opencode-k8s/c/a"), "/paperclip/.opencode-k8s/c/a");
+  assert.equal(hostAgentHome("/paperclip/.opencode-k8s/c/a", "/srv/pvc"), "/srv/pvc/.opencode-k8s/c/a");
+  for (const off of ["/paperclip", "/tmp/x", "/paperclip/../etc"]) assert.throws(() => hostAgentHome(off), /not below \/paperclip/);
 });

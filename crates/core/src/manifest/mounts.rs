@@ -30,8 +30,9 @@ pub const STATE_ROOT: &str = ".opencode-k8s";
 /// Name of the init container that creates the agent's state directory.
 pub const HOME_INIT_CONTAINER: &str = "opencode-k8s-home";
 
-/// The agent's state directory (its `HOME`), an absolute path in the pod.
-pub(super) fn agent_home(company_id: &str, agent_id: &str) -> String {
+/// The agent's state directory (its `HOME`), an absolute path in the pod and in the Paperclip
+/// pod, which mounts the claim at the same `/paperclip` (so the adapter can put files there).
+pub fn agent_home(company_id: &str, agent_id: &str) -> String {
     format!(
         "{WORKSPACE_MOUNT}/{STATE_ROOT}/{}/{}",
         names::path_segment(company_id),
