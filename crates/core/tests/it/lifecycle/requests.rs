@@ -78,3 +78,37 @@ async fn requests_per_run_do_not_grow_with_its_duration() {
         "one follow stream for a whole minute: {long:?}"
     );
 }
+
+#[tokio::test]
+async fn retained_jobs_do_not_make_later_runs_costlier() {
+    let h = Harness::start().await;
+    // As on a real node: `Complete` comes seconds after `SuccessCriteriaMet`.
+    h.cluster
+        .faults()
+        .job_finish_delay(opencode_k8s_testkit::REAL_JOB_FINISH_DELAY);
+    let engine = h.engine(Bounds::default());
+    h.opencode("cat > /dev/null\necho hi");
+    let mut totals = Vec::new();
+    for run in 0..4 {
+        h.cluster.reset_requests();
+        let result = engine
+            .run(
+                request(&format!("retained-{run}"), "agent-1"),
+                &h.config(json!({"retainJobs": true})),
+                &Collect::default(),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(result.status, RunStatus::Succeeded, "{result:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let counts = h.cluster.requests();
+        totals.push((without_logs(&counts), counts));
+    }
+    let (last, counts) = &totals[3];
+    assert!(
+        *last <= totals[1].0 + 1,
+        "the fourth run with three Jobs retained costs what the second did: {:?}\n{counts:?}",
+        totals.iter().map(|t| t.0).collect::<Vec<_>>()
+    );
+}
