@@ -55,10 +55,9 @@ async fn an_agent_pod_sees_only_its_workspace_and_its_home() {
         "{result:?}\n{}",
         outcome.log()
     );
-    let seen: Vec<String> = outcome
-        .sink
+    let output = outcome.sink.output();
+    let seen: Vec<String> = output
         .lines()
-        .iter()
         .filter_map(|l| l.strip_prefix("seen ").map(str::to_owned))
         .collect();
     say(&format!(
@@ -126,9 +125,9 @@ async fn runtime_class_network_policy_and_read_only_root_run_on_a_real_node() {
         outcome.log()
     );
     assert!(
-        outcome.log().contains("line 5 out"),
+        outcome.sink.output().contains("line 5 out"),
         "the agent ran: {}",
-        outcome.log()
+        outcome.sink.output()
     );
     cleanup.unwrap();
     match (audit, mark) {
