@@ -8,6 +8,7 @@ mod codes;
 mod gc;
 mod isolation;
 mod output;
+mod race;
 mod reattach;
 mod requests;
 mod security;
