@@ -583,17 +583,21 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// `extraArgs`: an array of strings, or text split like a POSIX shell does (whitespace
-    /// separates, quotes group, backslash escapes). Engine-owned flags are refused.
+    /// `extraArgs`: an array of strings, or text split like a POSIX shell does (`shlex`:
+    /// whitespace separates, quotes group, backslash escapes, `#` starts a comment).
+    /// Engine-owned flags are refused.
     pub(super) fn args(&mut self, name: &str) -> Vec<String> {
         let Some(value) = self.raw(name) else {
             return Vec::new();
         };
         let args = match value {
-            Value::String(text) => match shell_split(text) {
-                Ok(args) => args,
-                Err(problem) => {
-                    self.fail(name, format!("text with {problem}"));
+            Value::String(text) => match shlex::split(text) {
+                Some(args) => args,
+                None => {
+                    self.fail(
+                        name,
+                        "text with an unclosed quote or a trailing backslash".into(),
+                    );
                     return Vec::new();
                 }
             },
@@ -689,91 +693,9 @@ fn unquote(v: &str) -> &str {
     v
 }
 
-/// Splits text into words like a POSIX shell without expansions.
-fn shell_split(text: &str) -> Result<Vec<String>, &'static str> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err("an unclosed ' quote"),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
-                            Some(c) => {
-                                word.push('\\');
-                                word.push(c);
-                            }
-                            None => return Err("an unclosed \" quote"),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err("an unclosed \" quote"),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some('\n') => {}
-                    Some(c) => word.push(c),
-                    None => return Err("a trailing backslash"),
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shell_split_groups_quotes_and_escapes() {
-        assert_eq!(
-            shell_split("--agent build  --title 'two words' \"a \\\"b\\\"\" c\\ d\n--thinking")
-                .unwrap(),
-            [
-                "--agent",
-                "build",
-                "--title",
-                "two words",
-                "a \"b\"",
-                "c d",
-                "--thinking"
-            ]
-        );
-        assert_eq!(shell_split("''").unwrap(), [""]);
-        assert_eq!(shell_split("'open"), Err("an unclosed ' quote"));
-        assert_eq!(shell_split("x\\"), Err("a trailing backslash"));
-    }
 
     #[test]
     fn show_shortens_long_values() {

@@ -64,6 +64,12 @@ fn text_forms_of_maps_and_lists() {
     assert_eq!(c.labels["a"], "b");
     assert_eq!(c.tolerations[0].operator.as_deref(), Some("Exists"));
     assert_eq!(c.extra_args, ["--title", "a b", "--thinking"]);
+    let quoted = parse(json!({"extraArgs": "--agent build \"a \\\"b\\\"\" c\\ d\n--thinking ''"}));
+    assert_eq!(
+        quoted.extra_args,
+        ["--agent", "build", "a \"b\"", "c d", "--thinking", ""],
+        "split as a POSIX shell does"
+    );
     let single = parse(json!({"tolerations": {"key": "k", "value": "v"}}));
     assert_eq!(
         single.tolerations[0].operator.as_deref(),
