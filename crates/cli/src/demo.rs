@@ -161,6 +161,8 @@ async fn demo(args: Args, say: &Say) -> anyhow::Result<ExitCode> {
     let outcome = engine
         .run(request(&args.prompt)?, &config, &sink, cancel)
         .await;
+    // Its namespace watches would outlive the run and see the cluster shut down below.
+    drop(engine);
     on_ctrl_c.abort();
     sink.flush();
     let result = outcome?;

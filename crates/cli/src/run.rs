@@ -109,6 +109,9 @@ async fn run_turn(args: Args) -> anyhow::Result<ExitCode> {
     let signals = tokio::spawn(on_ctrl_c(cancel.clone(), progress.clone()));
     let ticker = progress.map(|p| tokio::spawn(p.tick()));
     let outcome = engine.run(request, &config, &sink, cancel).await;
+    // The engine keeps its namespace watches for a later run; this process has none, so stop
+    // them now rather than let them report the connections the exit closes.
+    drop(engine);
     signals.abort();
     if let Some(ticker) = ticker {
         ticker.abort();
