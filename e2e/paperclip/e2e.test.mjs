@@ -53,7 +53,7 @@ function installFakeOpencode() {
   return bin;
 }
 
-async function createAgent(name, extraEnv = {}) {
+async function createAgent(name, extraEnv = {}, extraConfig = {}) {
   const { status, body } = await api.post(`/companies/${companyId}/agents`, {
     name,
     adapterType: "opencode_k8s",
@@ -64,6 +64,7 @@ async function createAgent(name, extraEnv = {}) {
       kubeconfigContent: fs.readFileSync(cluster.kubeconfig, "utf8"),
       namespace: NAMESPACE,
       env: { PATH: `${fakeBin}:/usr/local/bin:/usr/bin:/bin`, ...extraEnv },
+      ...extraConfig,
     },
   });
   assert.equal(status, 201, `creating agent ${name}: ${JSON.stringify(body)}`);
@@ -402,12 +403,13 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     // Two agents, each with a long run that outlives the restart: one woken for a task, one by
     // "Run now" (no task key, as the UI's button sends; the one the next run cannot match by task).
     const cases = [
-      { name: "task", agent: "opencode-k8s e2e upgrade agent", wake: invoke },
-      { name: "run-now", agent: "opencode-k8s e2e run-now agent", wake: runNow },
+      { name: "task", agent: "opencode-k8s e2e upgrade agent", wake: invoke, config: {} },
+      // The form's TTL field, on a Job that is not retained (a retained one has no TTL).
+      { name: "run-now", agent: "opencode-k8s e2e run-now agent", wake: runNow, config: { ttlSecondsAfterFinished: 90 } },
     ];
     for (const c of cases) {
       c.release = path.join(RUN_DIR, `release-upgrade-${c.name}`);
-      c.agentId = await createAgent(c.agent, { E2E_FAKE_OPENCODE_RELEASE: c.release });
+      c.agentId = await createAgent(c.agent, { E2E_FAKE_OPENCODE_RELEASE: c.release }, c.config);
       c.oldRunId = await c.wake(c.agentId);
     }
     for (const c of cases) {
@@ -422,6 +424,8 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     const taskOf = (c) => c.job.metadata.annotations["opencode-k8s.dev/task-key"];
     assert.equal(taskOf(cases[0]), TASK_KEY);
     assert.equal(taskOf(cases[1]), undefined, "Run now sent no task key");
+    assert.equal(cases[0].job.spec.ttlSecondsAfterFinished, 300, "the default TTL");
+    assert.equal(cases[1].job.spec.ttlSecondsAfterFinished, 90, "ttlSecondsAfterFinished is the Job's TTL");
 
     // The next version, published as its maintainer would (a test-only version bump).
     const next = path.join(RUN_DIR, "next-version");
