@@ -53,7 +53,7 @@ function installFakeOpencode() {
   return bin;
 }
 
-async function createAgent(name, extraEnv = {}) {
+async function createAgent(name, extraEnv = {}, extraConfig = {}) {
   const { status, body } = await api.post(`/companies/${companyId}/agents`, {
     name,
     adapterType: "opencode_k8s",
@@ -64,6 +64,7 @@ async function createAgent(name, extraEnv = {}) {
       kubeconfigContent: fs.readFileSync(cluster.kubeconfig, "utf8"),
       namespace: NAMESPACE,
       env: { PATH: `${fakeBin}:/usr/local/bin:/usr/bin:/bin`, ...extraEnv },
+      ...extraConfig,
     },
   });
   assert.equal(status, 201, `creating agent ${name}: ${JSON.stringify(body)}`);
@@ -209,6 +210,80 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     );
   });
 
+  it("every field of the agent form reaches the Job", slow, async (t) => {
+    // What Paperclip's form sends for this adapter (its generic fields included: Thinking
+    // effort as `thinkingEffort` on create, Command, Extra args as an array).
+    const command = path.join(fakeBin, "opencode");
+    const extraArgs = ["--agent", "build", "--title", "two words"];
+    const resources = {
+      requests: { cpu: "250m", memory: "256Mi" },
+      limits: { cpu: "1500m", memory: "1Gi" },
+    };
+    const literal = "a literal value, with spaces";
+    const labels = { team: "e2e-forms", "example.com/owner": "forms" };
+    const { status, body } = await api.post(`/companies/${companyId}/agents`, {
+      name: "opencode-k8s e2e form agent",
+      adapterType: "opencode_k8s",
+      adapterConfig: {
+        model: "fake/fake-model",
+        thinkingEffort: "high",
+        command,
+        extraArgs,
+        resources,
+        timeoutSec: 600,
+        ttlSecondsAfterFinished: 120,
+        retainJobs: true,
+        labels,
+        kubeconfigContent: fs.readFileSync(cluster.kubeconfig, "utf8"),
+        namespace: NAMESPACE,
+        // No fake on PATH: only `command` finds it.
+        env: { PATH: "/usr/local/bin:/usr/bin:/bin", E2E_FORM_LITERAL: literal },
+      },
+    });
+    assert.equal(status, 201, `creating the form agent: ${JSON.stringify(body)}`);
+    const runId = await invoke(body.id);
+    const run = await finishedRun(runId);
+    const log = await api.runLog(runId);
+    assert.equal(run.status, "succeeded", describeRun(run, log));
+
+    // retainJobs: the finished Job and its pod are still there to inspect.
+    const { jobs, pods } = await clusterObjectsOf(runId);
+    assert.equal(jobs.length, 1, "the retained Job is still there after the run");
+    assert.equal(pods.length, 1, "the retained pod is still there after the run");
+    const [job] = jobs;
+    const spec = job.spec.template.spec;
+    t.diagnostic(`job spec: ${JSON.stringify({ ...job.spec, template: undefined })}`);
+    assert.equal(spec.containers.length, 1);
+    const [container] = spec.containers;
+    // The container runs `sh -c <wrapper> opencode <args...>`: the args are OpenCode's argv.
+    assert.deepEqual(container.command.slice(0, 2), ["sh", "-c"]);
+    assert.equal(container.command[3], "opencode");
+    assert.deepEqual(container.args, [
+      command, "run", "--format", "json",
+      "--model", "fake/fake-model",
+      "--variant", "high",
+      ...extraArgs,
+    ]);
+    assert.ok(
+      log.includes(`fake-opencode: argv: ${command} run --format json --model fake/fake-model --variant high --agent build --title two words`),
+      `the pod ran the command with those arguments:\n${log}`,
+    );
+    assert.deepEqual(container.resources, resources);
+    assert.equal(job.spec.activeDeadlineSeconds, 600, "timeoutSec is the Job's deadline");
+    assert.equal(job.spec.ttlSecondsAfterFinished, undefined, "a retained Job has no TTL");
+    for (const [where, meta] of [["Job", job.metadata], ["pod template", job.spec.template.metadata]]) {
+      for (const [key, value] of Object.entries(labels)) {
+        assert.equal(meta.labels?.[key], value, `the ${where} has label ${key}`);
+      }
+    }
+    // The env value is in the run's Secret, not in the Job; the process saw it.
+    const envVar = container.env.find((e) => e.name === "E2E_FORM_LITERAL");
+    assert.equal(envVar?.value, undefined, `the value is not in the Job: ${JSON.stringify(envVar)}`);
+    assert.equal(envVar?.valueFrom?.secretKeyRef?.key, "env.E2E_FORM_LITERAL");
+    assert.ok(!JSON.stringify(job).includes(literal), "the value appears nowhere in the Job");
+    assert.ok(log.includes(`fake-opencode: E2E_FORM_LITERAL=${literal}`), "the pod got the env value");
+  });
+
   it("cancels a long run: the operator's cancel answers 200 and no Job is left", slow, async () => {
     const slowAgent = await createAgent("opencode-k8s e2e long agent", { E2E_FAKE_OPENCODE_HOLD: "600" });
     const runId = await invoke(slowAgent);
@@ -308,18 +383,49 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     assert.deepEqual(await streamsOf(runId, /fake-opencode: new session/), ["stdout"]);
   });
 
-  it("upgrades by name during a long run: the Job survives, the next run harvests it on the new version, then runs its own prompt", slow, async (t) => {
+  /** Paperclip's "Run now": a wake-up with no payload, hence no task key. */
+  async function runNow(agentId) {
+    const { status, body } = await api.post(`/agents/${agentId}/heartbeat/invoke`);
+    assert.equal(status, 202, `Run now: ${JSON.stringify(body)}`);
+    assert.ok(body.id, `the invoke answer names the run: ${JSON.stringify(body)}`);
+    return body.id;
+  }
+
+  /** When the first chunk of the run log containing `text` was written, in ms since the epoch. */
+  function chunkTime(chunks, text) {
+    const chunk = chunks.find((c) => c.chunk.includes(text));
+    assert.ok(chunk, `no chunk with ${JSON.stringify(text)}`);
+    return Date.parse(chunk.ts);
+  }
+
+  it("upgrades by name during a long run: the Job survives, the next run harvests it on the new version, then runs its own prompt — with a task key and without (Run now)", slow, async (t) => {
     assert.ok(version, "needs the by-name install");
-    const release = path.join(RUN_DIR, "release-upgrade-run");
-    const agent = await createAgent("opencode-k8s e2e upgrade agent", { E2E_FAKE_OPENCODE_RELEASE: release });
-    const oldRunId = await invoke(agent);
-    await waitFor(
-      "the long run's pod to start",
-      async () => (await api.runLog(oldRunId)).includes("fake-opencode: waiting for"),
-      { timeoutMs: 120_000, proc: paperclip.proc },
-    );
-    const [job] = (await clusterObjectsOf(oldRunId)).jobs;
-    assert.ok(job, "the long run has a Job");
+    // Two agents, each with a long run that outlives the restart: one woken for a task, one by
+    // "Run now" (no task key, as the UI's button sends; the one the next run cannot match by task).
+    const cases = [
+      { name: "task", agent: "opencode-k8s e2e upgrade agent", wake: invoke, config: {} },
+      // The form's TTL field, on a Job that is not retained (a retained one has no TTL).
+      { name: "run-now", agent: "opencode-k8s e2e run-now agent", wake: runNow, config: { ttlSecondsAfterFinished: 90 } },
+    ];
+    for (const c of cases) {
+      c.release = path.join(RUN_DIR, `release-upgrade-${c.name}`);
+      c.agentId = await createAgent(c.agent, { E2E_FAKE_OPENCODE_RELEASE: c.release }, c.config);
+      c.oldRunId = await c.wake(c.agentId);
+    }
+    for (const c of cases) {
+      await waitFor(
+        `the ${c.name} long run's pod to start`,
+        async () => (await api.runLog(c.oldRunId)).includes("fake-opencode: waiting for"),
+        { timeoutMs: 120_000, proc: paperclip.proc },
+      );
+      [c.job] = (await clusterObjectsOf(c.oldRunId)).jobs;
+      assert.ok(c.job, `the ${c.name} long run has a Job`);
+    }
+    const taskOf = (c) => c.job.metadata.annotations["opencode-k8s.dev/task-key"];
+    assert.equal(taskOf(cases[0]), TASK_KEY);
+    assert.equal(taskOf(cases[1]), undefined, "Run now sent no task key");
+    assert.equal(cases[0].job.spec.ttlSecondsAfterFinished, 300, "the default TTL");
+    assert.equal(cases[1].job.spec.ttlSecondsAfterFinished, 90, "ttlSecondsAfterFinished is the Job's TTL");
 
     // The next version, published as its maintainer would (a test-only version bump).
     const next = path.join(RUN_DIR, "next-version");
@@ -341,68 +447,100 @@ describe("opencode_k8s in the real Paperclip server", { concurrency: 1 }, () => 
     // Before the restart Paperclip already reports the new version (it reads package.json from
     // disk) while the old code is still the one loaded; the run goes on undisturbed.
     assert.equal((await adapterInfo()).version, nextVersion);
-    assert.equal((await getRun(oldRunId)).status, "running", "the install did not stop the run");
+    for (const c of cases) {
+      assert.equal((await getRun(c.oldRunId)).status, "running", "the install did not stop the run");
+    }
 
+    const stoppedAt = Date.now();
     await restartPaperclip();
+    const restartedAt = Date.now();
     const info = await adapterInfo();
     assert.equal(info.version, nextVersion, "GET /api/adapters reports the new version");
-    // What Paperclip shows for the old run is Paperclip's business (with the scheduler off, as
-    // here, it still says `running`: nothing reaps it); the Job is ours, and it must live on.
-    const oldRun = await getRun(oldRunId);
-    t.diagnostic(`the old run after the restart: status=${oldRun.status} errorCode=${oldRun.errorCode}`);
-    const still = await clusterObjectsOf(oldRunId);
-    assert.equal(still.jobs.length, 1, "the old run's Job was not killed by the upgrade");
-    assert.equal(still.jobs[0].metadata.uid, job.metadata.uid);
+    for (const c of cases) {
+      // What Paperclip shows for the old run is Paperclip's business (with the scheduler off, as
+      // here, it still says `running`: nothing reaps it); the Job is ours, and it must live on.
+      const oldRun = await getRun(c.oldRunId);
+      t.diagnostic(`the ${c.name} old run after the restart: status=${oldRun.status} errorCode=${oldRun.errorCode}`);
+      const still = await clusterObjectsOf(c.oldRunId);
+      assert.equal(still.jobs.length, 1, "the old run's Job was not killed by the upgrade");
+      assert.equal(still.jobs[0].metadata.uid, c.job.metadata.uid);
+    }
 
-    // The old process is gone and its Lease expires: the next run of the agent, on the new
+    // The old process is gone and its Lease expires: the next run of each agent, on the new
     // version, follows the orphaned Job to its end (its output once, from the start, and its
-    // usage), then runs its own prompt in a Job of its own.
+    // usage), then runs its own prompt in a Job of its own. Each is woken as its old run was.
     const createdBefore = await jobsCreated();
-    const nextRunId = await invoke(agent);
-    const orphanNotice = `Job ${NAMESPACE}/${job.metadata.name} of run ${oldRunId} was left behind and nobody follows it`;
-    await waitFor(
-      "the next run to harvest the orphaned Job",
-      async () => (await api.runLog(nextRunId)).includes(orphanNotice),
-      { timeoutMs: 120_000, proc: paperclip.proc },
-    );
-    fs.writeFileSync(release, "");
-    // Paperclip still counts the old run as running (nothing reaps it with the scheduler off),
-    // so the agent does not go idle.
-    const nextRun = await finishedRun(nextRunId, { agentIdle: false });
-    const log = await api.runLog(nextRunId);
-    const { inputTokens: shownInput, outputTokens: shownOutput } = nextRun.usageJson ?? {};
-    t.diagnostic(`next run: status=${nextRun.status} inputTokens=${shownInput} outputTokens=${shownOutput} job=${nextRun.resultJson?.jobName}`);
-    assert.equal(nextRun.status, "succeeded", describeRun(nextRun, log));
-    assert.ok(log.includes(`[opencode-k8s] ${PACKAGE} ${nextVersion} `), `the new version ran it:\n${log}`);
+    for (const c of cases) {
+      c.invokedAt = Date.now();
+      c.nextRunId = await c.wake(c.agentId);
+    }
+    for (const c of cases) {
+      const orphanNotice = `Job ${NAMESPACE}/${c.job.metadata.name} of run ${c.oldRunId} was left behind and nobody follows it`;
+      await waitFor(
+        `the next ${c.name} run to harvest the orphaned Job`,
+        async () => (await api.runLog(c.nextRunId)).includes(orphanNotice),
+        { timeoutMs: 120_000, proc: paperclip.proc },
+      );
+      fs.writeFileSync(c.release, "");
+      c.orphanNotice = orphanNotice;
+    }
+    for (const c of cases) {
+      // Paperclip still counts the old run as running (nothing reaps it with the scheduler off),
+      // so the agent does not go idle.
+      c.nextRun = await finishedRun(c.nextRunId, { agentIdle: false });
+    }
+    assert.equal(await jobsCreated(), createdBefore + cases.length, "one Job for each own prompt, none for the orphans");
 
-    const count = (text) => log.split(text).length - 1;
-    const orphanStart = `(run ${oldRunId}, session new)`;
-    const ownStart = `(run ${nextRunId}, session ${SESSION})`;
-    assert.equal(count(orphanStart), 1, `the orphan's output, once:\n${log}`);
-    assert.equal(count("fake-opencode: released"), 2, "the orphan's output after the restart is not lost, and the own Job ran");
-    assert.equal(count(MODEL_TEXT), 2, "both turns' answers reached Paperclip");
-    const harvested = /harvested orphaned Job \S+: (\d+) input, (\d+) output tokens, [\d.]+ USD, counted in this run; now running this run's own prompt, continuing session (\S+) it produced/.exec(log);
-    assert.ok(harvested, `the harvest is in the run log:\n${log}`);
-    assert.equal(harvested[3], SESSION, "the own prompt continues the orphan's session of the same task");
-    // The own prompt reached the fake agent, in a Job of its own, after the orphan's.
-    assert.equal(count(ownStart), 1, `the own prompt ran, resuming the session:\n${log}`);
-    assert.ok(log.indexOf(orphanStart) < log.indexOf(harvested[0]) && log.indexOf(harvested[0]) < log.indexOf(ownStart));
-    assert.match(log, new RegExp(`fake-opencode: waiting for \\S+ after a [1-9]\\d*-byte prompt \\(run ${nextRunId}`));
-    assert.equal(await jobsCreated(), createdBefore + 1, "one Job for the own prompt, none for the orphan");
-    assert.equal(nextRun.sessionIdAfter, SESSION, "the session is kept");
-    // Both Jobs replay the same captured turn: the run's usage is the orphan's plus its own.
-    const orphanInput = Number(harvested[1]);
-    const usage = nextRun.usageJson ?? {};
-    const inputTokens = usage.inputTokens ?? usage.rawInputTokens;
-    assert.ok(orphanInput > 0, "the orphan's usage was read");
-    assert.equal(inputTokens, 2 * orphanInput, `the orphan's usage is recorded with the run's: ${JSON.stringify(usage)}`);
+    for (const c of cases) {
+      const { nextRun, nextRunId, oldRunId } = c;
+      const chunks = await api.runLogChunks(nextRunId);
+      const log = chunks.map((chunk) => chunk.chunk).join("");
+      const { inputTokens: shownInput, outputTokens: shownOutput } = nextRun.usageJson ?? {};
+      t.diagnostic(`next ${c.name} run: status=${nextRun.status} inputTokens=${shownInput} outputTokens=${shownOutput} job=${nextRun.resultJson?.jobName}`);
+      assert.equal(nextRun.status, "succeeded", describeRun(nextRun, log));
+      assert.ok(log.includes(`[opencode-k8s] ${PACKAGE} ${nextVersion} `), `the new version ran it:\n${log}`);
+
+      const count = (text) => log.split(text).length - 1;
+      const orphanStart = `(run ${oldRunId}, session new)`;
+      const ownStart = `(run ${nextRunId}, session ${SESSION})`;
+      assert.equal(count(orphanStart), 1, `the orphan's output, once:\n${log}`);
+      assert.equal(count("fake-opencode: released"), 2, "the orphan's output after the restart is not lost, and the own Job ran");
+      assert.equal(count(MODEL_TEXT), 2, "both turns' answers reached Paperclip");
+      const harvested = /harvested orphaned Job \S+: (\d+) input, (\d+) output tokens, [\d.]+ USD, counted in this run; now running this run's own prompt, continuing session (\S+) it produced/.exec(log);
+      assert.ok(harvested, `the harvest is in the run log:\n${log}`);
+      // With a task key, the orphan worked on the same task; without one (Run now), the run
+      // continues whatever the agent's orphan produced.
+      assert.equal(harvested[3], SESSION, "the own prompt continues the orphan's session");
+      // The own prompt reached the fake agent, in a Job of its own, after the orphan's.
+      assert.equal(count(ownStart), 1, `the own prompt ran, resuming the session:\n${log}`);
+      assert.ok(log.indexOf(orphanStart) < log.indexOf(harvested[0]) && log.indexOf(harvested[0]) < log.indexOf(ownStart));
+      assert.match(log, new RegExp(`fake-opencode: waiting for \\S+ after a [1-9]\\d*-byte prompt \\(run ${nextRunId}`));
+      assert.equal(nextRun.sessionIdAfter, SESSION, "the session is kept");
+      // Both Jobs replay the same captured turn: the run's usage is the orphan's plus its own.
+      const orphanInput = Number(harvested[1]);
+      const usage = nextRun.usageJson ?? {};
+      const inputTokens = usage.inputTokens ?? usage.rawInputTokens;
+      assert.ok(orphanInput > 0, "the orphan's usage was read");
+      assert.equal(inputTokens, 2 * orphanInput, `the orphan's usage is recorded with the run's: ${JSON.stringify(usage)}`);
+
+      // The dead process's Lease lasted 30 s from its last renewal, at most from the stop: the
+      // next run takes the orphan then, or at once when it starts later.
+      const s = (ms) => (ms / 1000).toFixed(1);
+      const adopted = chunkTime(chunks, c.orphanNotice);
+      const harvestedAt = chunkTime(chunks, harvested[0]);
+      const ownAt = chunkTime(chunks, ownStart);
+      t.diagnostic(`${c.name}: from the stop: restarted ${s(restartedAt - stoppedAt)} s, next run woken ${s(c.invokedAt - stoppedAt)} s, orphan adopted ${s(adopted - stoppedAt)} s, harvested ${s(harvestedAt - stoppedAt)} s, own prompt started ${s(ownAt - stoppedAt)} s`);
+      const bound = Math.max(stoppedAt + 30_000, c.invokedAt) + 10_000;
+      assert.ok(adopted <= bound, `the orphan was adopted ${s(adopted - stoppedAt)} s after the stop, past the Lease's 30 s and some slack`);
+    }
 
     let left;
     await waitFor(
-      "both Jobs, their pods and Secrets to be gone",
+      "all Jobs, their pods and Secrets to be gone",
       async () => {
-        const [old, own] = [await clusterObjectsOf(oldRunId), await clusterObjectsOf(nextRunId)];
-        left = [old, own].flatMap((o) => [...o.jobs, ...o.pods, ...o.secrets].map((item) => item.metadata.name));
+        const runs = cases.flatMap((c) => [c.oldRunId, c.nextRunId]);
+        const objects = await Promise.all(runs.map(clusterObjectsOf));
+        left = objects.flatMap((o) => [...o.jobs, ...o.pods, ...o.secrets].map((item) => item.metadata.name));
         return left.length === 0;
       },
       { timeoutMs: 30_000 },
