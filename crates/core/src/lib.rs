@@ -1,8 +1,10 @@
 //! The opencode-k8s engine.
 //!
-//! Pure parts — [`config`], [`manifest`], [`parse`], [`rbac`], [`resume`] — are deterministic functions with
-//! no I/O: clocks and random suffixes are injected. The run lifecycle (added later) is the only
-//! part that talks to a cluster.
+//! Pure parts — [`config`], [`manifest`], [`parse`], [`rbac`], [`resume`] — are deterministic
+//! functions with no I/O: clocks and random suffixes are injected. [`lifecycle`] (a run from
+//! Lease to result, gc, doctor) is the only part that talks to a cluster. [`error_code`] holds
+//! the stable codes every failure is reported under; [`event`] the one vocabulary of run events
+//! the CLI prints and the addon forwards.
 
 pub mod config;
 pub mod error_code;

@@ -63,13 +63,13 @@ pub const RULES: &[Rule] = &[
         "batch",
         "jobs",
         "get",
-        "read a Job's conditions when reattaching after a restart",
+        "read the Job a retried create found already there (the same run created it)",
     ),
     rule(
         "batch",
         "jobs",
         "list",
-        "concurrency guard, reattach by run id, gc and `jobs`",
+        "find the agent's Jobs (one run at a time, orphans to adopt), gc and `jobs`; the Job watch starts with a list",
     ),
     rule(
         "batch",
@@ -81,19 +81,19 @@ pub const RULES: &[Rule] = &[
         "batch",
         "jobs",
         "delete",
-        "stop a cancelled run and clean up finished Jobs",
+        "stop a cancelled run or an orphan, take back a run refused midway, gc finished Jobs",
     ),
     rule(
         "",
         "pods",
         "get",
-        "read the container's exit code and waiting reason",
+        "read the Paperclip pod the agent pods inherit from (image, env, volumes, the /paperclip claim)",
     ),
     rule(
         "",
         "pods",
         "list",
-        "find the pod of a Job by its job-name label",
+        "the pod watch starts by listing the Job's pod by its job-name label",
     ),
     rule(
         "",
@@ -117,7 +117,7 @@ pub const RULES: &[Rule] = &[
         "",
         "secrets",
         "get",
-        "check the per-run Secret when reattaching",
+        "read the per-run Secret's uid to make it the NetworkPolicy's owner; doctor: check the inherited Secrets exist",
     ),
     rule(
         "",
@@ -129,7 +129,7 @@ pub const RULES: &[Rule] = &[
         "",
         "secrets",
         "delete",
-        "delete the per-run Secret when its Job could not be created",
+        "delete the per-run Secret when its Job could not be created, and gc's orphaned Secrets",
     ),
     rule(
         "",
@@ -149,7 +149,7 @@ pub const RULES: &[Rule] = &[
         "",
         "events",
         "list",
-        "explain a stuck pod (FailedScheduling, FailedMount, ...)",
+        "the event watch starts with a list: explain a stuck pod (FailedScheduling, FailedMount, ...)",
     ),
     rule(
         "",
