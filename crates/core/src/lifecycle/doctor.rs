@@ -6,12 +6,10 @@
 //! manifest change to make, so an operator fixes everything in one pass instead of one failed
 //! run at a time.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::Api;
 use kube::api::PostParams;
 use serde::Serialize;
@@ -23,6 +21,10 @@ use crate::config::AgentConfig;
 use crate::error_code::ErrorCode;
 use crate::manifest::{InheritedPod, WORKSPACE_MOUNT};
 use crate::rbac::{self, Rule, Scope};
+
+mod secrets;
+
+use self::secrets::secret_checks;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,70 +132,78 @@ pub async fn doctor(target: &DoctorTarget, self_pod: &SelfPod) -> DoctorReport {
         namespace: target.namespace.clone(),
         checks: Vec::new(),
     };
-    let client = match ClientCache::default().client(&target.source).await {
-        Ok(client) => client,
-        Err(err) => {
-            report
-                .checks
-                .push(Check::fail("api", err.to_string(), None));
+    let client = match api_check(target).await {
+        Ok((client, check)) => {
+            report.checks.push(check);
+            client
+        }
+        Err(check) => {
+            report.checks.push(check);
             return report;
         }
     };
-    match retry("read the API server version", || client.apiserver_version()).await {
-        Ok(version) => report.checks.push(Check::pass(
-            "api",
-            format!(
-                "reached Kubernetes {} using {}",
-                version.git_version, target.source
-            ),
-        )),
-        Err(err) => {
-            report.checks.push(Check::fail(
-                "api",
-                format!("failed to reach the API server using {}: {err}", target.source),
-                Some("check the server address, network path and credentials of that kubeconfig (`kubectl version` with the same kubeconfig must work)".to_owned()),
-            ));
-            return report;
-        }
-    }
     let (check, inherited) = paperclip_pod(&client, self_pod).await;
     report.checks.push(check);
-    if let Some(pod) = &inherited {
-        report.checks.push(Check::pass(
-            "inherited",
-            format!(
-                "agent Jobs inherit from the Paperclip pod: {}",
-                pod.summary().join("; ")
-            ),
-        ));
-    }
+    report
+        .checks
+        .extend(inherited.as_ref().map(inherited_check));
     let namespace = target
         .namespace
         .clone()
         .or_else(|| inherited.as_ref().and_then(|pod| pod.namespace.clone()))
         .unwrap_or_else(|| client.default_namespace().to_owned());
     report.namespace = Some(namespace.clone());
-    report
-        .checks
-        .push(namespace_check(&client, &namespace).await);
-    report
-        .checks
-        .extend(access_checks(&client, &namespace).await);
-    report
-        .checks
-        .push(claim_check(&client, &namespace, inherited.as_ref()).await);
+    let checks = &mut report.checks;
+    checks.push(namespace_check(&client, &namespace).await);
+    checks.extend(access_checks(&client, &namespace).await);
+    checks.push(claim_check(&client, &namespace, inherited.as_ref()).await);
     if let Some(pod) = &inherited {
-        report
-            .checks
-            .extend(secret_checks(&client, &namespace, pod).await);
+        checks.extend(secret_checks(&client, &namespace, pod).await);
     }
-    let subject = credentials_subject(&target.source);
+    name_the_subject(checks, &credentials_subject(&target.source));
+    report
+}
+
+/// A client for `target` and the check that the API server answers it, or the failed check.
+async fn api_check(target: &DoctorTarget) -> Result<(kube::Client, Check), Check> {
+    let client = ClientCache::default()
+        .client(&target.source)
+        .await
+        .map_err(|err| Check::fail("api", err.to_string(), None))?;
+    match retry("read the API server version", || client.apiserver_version()).await {
+        Ok(version) => {
+            let detail = format!(
+                "reached Kubernetes {} using {}",
+                version.git_version, target.source
+            );
+            Ok((client, Check::pass("api", detail)))
+        }
+        Err(err) => Err(Check::fail(
+            "api",
+            format!("failed to reach the API server using {}: {err}", target.source),
+            Some("check the server address, network path and credentials of that kubeconfig (`kubectl version` with the same kubeconfig must work)".to_owned()),
+        )),
+    }
+}
+
+/// What the agent Jobs take over from the Paperclip pod.
+fn inherited_check(pod: &InheritedPod) -> Check {
+    Check::pass(
+        "inherited",
+        format!(
+            "agent Jobs inherit from the Paperclip pod: {}",
+            pod.summary().join("; ")
+        ),
+    )
+}
+
+/// Fixes name [`ENGINE_SERVICE_ACCOUNT`]; credentials of another `subject` get its name instead.
+fn name_the_subject(checks: &mut [Check], subject: &str) {
     if subject != ENGINE_SERVICE_ACCOUNT {
-        for fix in report.checks.iter_mut().filter_map(|c| c.fix.as_mut()) {
-            *fix = fix.replace(ENGINE_SERVICE_ACCOUNT, &subject);
+        for fix in checks.iter_mut().filter_map(|c| c.fix.as_mut()) {
+            *fix = fix.replace(ENGINE_SERVICE_ACCOUNT, subject);
         }
     }
-    report
 }
 
 /// Who fixes name when the credentials are the pod's own; replaced by [`credentials_subject`]
@@ -342,51 +352,25 @@ async fn namespace_check(client: &kube::Client, namespace: &str) -> Check {
 /// One SelfSubjectAccessReview per rule of the table, in the Jobs' namespace.
 async fn access_checks(client: &kube::Client, namespace: &str) -> Vec<Check> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let params = PostParams::default();
     let mut checks = Vec::with_capacity(rbac::RULES.len());
     for rule in rbac::RULES {
-        let group = if rule.group.is_empty() {
-            "core"
-        } else {
-            rule.group
-        };
-        let name = format!("rbac {} {}", rule.verb, rule.resource);
-        let (resource, subresource) = match rule.resource.split_once('/') {
-            Some((resource, sub)) => (resource, Some(sub.to_owned())),
-            None => (rule.resource, None),
-        };
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some(rule.group.to_owned()),
-                    resource: Some(resource.to_owned()),
-                    subresource,
-                    verb: Some(rule.verb.to_owned()),
-                    namespace: (rule.scope == Scope::Namespaced).then(|| namespace.to_owned()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        if (rule.group, rule.resource, rule.verb)
-            == ("authorization.k8s.io", "selfsubjectaccessreviews", "create")
-            && !checks.is_empty()
-        {
+        if is_review_rule(rule) && !checks.is_empty() {
             // The reviews above were created: that is the answer, and a review of this very
             // verb can come out denied where the API grants it outside RBAC rules.
-            checks.push(Check::pass(
-                name,
-                format!("{} {} ({group}) cluster-wide", rule.verb, rule.resource),
-            ));
+            checks.push(access_check(rule, namespace, true));
             continue;
         }
-        let params = PostParams::default();
-        let answer = match retry("create a SelfSubjectAccessReview", || {
+        let review = access_review(rule, namespace);
+        match retry("create a SelfSubjectAccessReview", || {
             api.create(&params, &review)
         })
         .await
         {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                let allowed = answer.status.as_ref().is_some_and(|s| s.allowed);
+                checks.push(access_check(rule, namespace, allowed));
+            }
             Err(err) => {
                 // Without reviews nothing below can be checked: say so once.
                 checks.push(Check::warn(
@@ -397,32 +381,64 @@ async fn access_checks(client: &kube::Client, namespace: &str) -> Vec<Check> {
                 ));
                 return checks;
             }
-        };
-        let allowed = answer.status.as_ref().is_some_and(|s| s.allowed);
-        let scope = match rule.scope {
-            Scope::Namespaced => format!("in namespace {namespace}"),
-            Scope::Cluster => "cluster-wide".to_owned(),
-        };
-        let check = if allowed {
-            Check::pass(
-                name,
-                format!("{} {} ({group}) {scope}", rule.verb, rule.resource),
-            )
-        } else {
-            let detail = format!(
-                "denied: {} {} ({group}) {scope} — {}",
-                rule.verb, rule.resource, rule.why
-            );
-            let fix = Some(rule_fix(rule, namespace));
-            if rule.optional {
-                Check::warn(name, detail, fix)
-            } else {
-                Check::fail(name, detail, fix)
-            }
-        };
-        checks.push(check);
+        }
     }
     checks
+}
+
+/// The rule that lets doctor create the reviews themselves.
+fn is_review_rule(rule: &Rule) -> bool {
+    (rule.group, rule.resource, rule.verb)
+        == ("authorization.k8s.io", "selfsubjectaccessreviews", "create")
+}
+
+/// The review asking whether the engine may do what `rule` says, in `namespace` when it is a
+/// namespaced rule.
+fn access_review(rule: &Rule, namespace: &str) -> SelfSubjectAccessReview {
+    let (resource, subresource) = match rule.resource.split_once('/') {
+        Some((resource, sub)) => (resource, Some(sub.to_owned())),
+        None => (rule.resource, None),
+    };
+    SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(rule.group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                verb: Some(rule.verb.to_owned()),
+                namespace: (rule.scope == Scope::Namespaced).then(|| namespace.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The check of `rule` from the review's answer: a denied rule fails, or warns when runs work
+/// without it, with the rule to add.
+fn access_check(rule: &Rule, namespace: &str, allowed: bool) -> Check {
+    let name = format!("rbac {} {}", rule.verb, rule.resource);
+    let group = if rule.group.is_empty() {
+        "core"
+    } else {
+        rule.group
+    };
+    let scope = match rule.scope {
+        Scope::Namespaced => format!("in namespace {namespace}"),
+        Scope::Cluster => "cluster-wide".to_owned(),
+    };
+    let what = format!("{} {} ({group}) {scope}", rule.verb, rule.resource);
+    if allowed {
+        return Check::pass(name, what);
+    }
+    let detail = format!("denied: {what} — {}", rule.why);
+    let fix = Some(rule_fix(rule, namespace));
+    if rule.optional {
+        Check::warn(name, detail, fix)
+    } else {
+        Check::fail(name, detail, fix)
+    }
 }
 
 /// The claim mounted at `/paperclip`: it must exist in the Jobs' namespace and be ReadWriteMany,
@@ -524,132 +540,6 @@ fn judge_claim(namespace: &str, claim: &str, pvc: &PersistentVolumeClaim) -> Che
     }
 }
 
-/// How the inherited pod spec uses one Secret.
-#[derive(Debug, Default)]
-struct SecretUse {
-    uses: Vec<String>,
-    keys: Vec<String>,
-    /// Every use is `optional: true`.
-    optional: bool,
-}
-
-fn secret_uses(pod: &InheritedPod) -> BTreeMap<String, SecretUse> {
-    let mut uses: BTreeMap<String, SecretUse> = BTreeMap::new();
-    let mut add = |name: &str, what: String, key: Option<&str>, optional: bool| {
-        let entry = uses.entry(name.to_owned()).or_insert_with(|| SecretUse {
-            optional: true,
-            ..SecretUse::default()
-        });
-        entry.uses.push(what);
-        entry.keys.extend(key.map(str::to_owned));
-        entry.optional &= optional;
-    };
-    for secret in &pod.image_pull_secrets {
-        add(&secret.name, "imagePullSecrets".to_owned(), None, false);
-    }
-    for volume in &pod.secret_volumes {
-        if let Some(secret) = &volume.secret {
-            let name = secret.secret_name.clone().unwrap_or_default();
-            let optional = secret.optional.unwrap_or(false);
-            add(&name, format!("volume {}", volume.name), None, optional);
-        }
-    }
-    for var in &pod.env {
-        if let Some(sel) = var
-            .value_from
-            .as_ref()
-            .and_then(|v| v.secret_key_ref.as_ref())
-        {
-            let optional = sel.optional.unwrap_or(false);
-            add(
-                &sel.name,
-                format!("env {}", var.name),
-                Some(&sel.key),
-                optional,
-            );
-        }
-    }
-    for from in &pod.env_from {
-        if let Some(secret) = &from.secret_ref {
-            let optional = secret.optional.unwrap_or(false);
-            add(&secret.name, "envFrom".to_owned(), None, optional);
-        }
-    }
-    uses
-}
-
-/// Every Secret the inherited pod spec references must exist where the Jobs run, or their pods
-/// stay Pending (`CreateContainerConfigError`, `FailedMount`, `ErrImagePull`).
-async fn secret_checks(client: &kube::Client, namespace: &str, pod: &InheritedPod) -> Vec<Check> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let source_ns = pod.namespace.as_deref().unwrap_or(namespace);
-    let mut checks = Vec::new();
-    for (secret, used) in secret_uses(pod) {
-        let name = format!("secret {secret}");
-        let uses = used.uses.join(", ");
-        let copy = format!(
-            "create Secret {secret} in namespace {namespace} (the agent pods inherit its use: {uses}){}",
-            if source_ns == namespace {
-                String::new()
-            } else {
-                format!(
-                    ", e.g. copy it from {source_ns}: `kubectl get secret -n {source_ns} {secret} -o yaml | sed 's/namespace: {source_ns}/namespace: {namespace}/' | kubectl apply -f -`"
-                )
-            }
-        );
-        let check = match retry("get the Secret", || api.get_opt(&secret)).await {
-            Ok(Some(found)) => {
-                let present = |key: &String| {
-                    found.data.as_ref().is_some_and(|d| d.contains_key(key))
-                        || found
-                            .string_data
-                            .as_ref()
-                            .is_some_and(|d| d.contains_key(key))
-                };
-                let missing: Vec<&String> = used.keys.iter().filter(|key| !present(key)).collect();
-                if missing.is_empty() {
-                    Check::pass(name, format!("Secret {namespace}/{secret} exists ({uses})"))
-                } else {
-                    let keys = missing
-                        .iter()
-                        .map(|k| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    Check::fail(
-                        name,
-                        format!("Secret {namespace}/{secret} has no key {keys} ({uses})"),
-                        Some(format!("add key {keys} to Secret {namespace}/{secret}")),
-                    )
-                }
-            }
-            Ok(None) if used.optional => Check::warn(
-                name,
-                format!("optional Secret {namespace}/{secret} does not exist ({uses})"),
-                Some(copy),
-            ),
-            Ok(None) => Check::fail(
-                name,
-                format!(
-                    "Secret {namespace}/{secret} does not exist ({uses}); agent pods would stay Pending"
-                ),
-                Some(copy),
-            ),
-            Err(err) if is_status(&err, 403) => Check::warn(
-                name,
-                format!("cannot read Secret {namespace}/{secret}: forbidden"),
-                find_rule("", "secrets", "get").map(|r| rule_fix(r, namespace)),
-            ),
-            Err(err) => Check::fail(
-                name,
-                format!("failed to get Secret {namespace}/{secret}: {err}"),
-                None,
-            ),
-        };
-        checks.push(check);
-    }
-    checks
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,5 +571,35 @@ mod tests {
             json,
             serde_json::json!({"name": "api", "status": "pass", "detail": "ok"})
         );
+    }
+
+    #[test]
+    fn a_denied_rule_fails_or_warns_when_optional() {
+        let required = rbac::RULES.iter().find(|r| !r.optional).unwrap();
+        let check = access_check(required, "agents", false);
+        assert_eq!(check.status, CheckStatus::Fail);
+        assert!(check.detail.starts_with("denied: "), "{}", check.detail);
+        assert_eq!(check.fix, Some(rule_fix(required, "agents")));
+        let optional = rbac::RULES.iter().find(|r| r.optional).unwrap();
+        assert_eq!(
+            access_check(optional, "agents", false).status,
+            CheckStatus::Warn
+        );
+        assert_eq!(
+            access_check(required, "agents", true).status,
+            CheckStatus::Pass
+        );
+    }
+
+    #[test]
+    fn a_subresource_is_reviewed_as_one() {
+        let rule = find_rule("", "pods/log", "get").expect("in the table");
+        let attributes = access_review(rule, "agents")
+            .spec
+            .resource_attributes
+            .unwrap();
+        assert_eq!(attributes.resource.as_deref(), Some("pods"));
+        assert_eq!(attributes.subresource.as_deref(), Some("log"));
+        assert_eq!(attributes.namespace.as_deref(), Some("agents"));
     }
 }

@@ -102,8 +102,14 @@ fn holder_of(lease: &Lease) -> Option<&str> {
     lease.spec.as_ref()?.holder_identity.as_deref()
 }
 
-fn spec(holder: &str, duration: Duration, transitions: i32, acquired: Timestamp) -> LeaseSpec {
-    let now = Timestamp::now();
+/// The spec of a Lease `holder` takes (or renews) at `now`, held since `acquired`.
+fn spec(
+    holder: &str,
+    duration: Duration,
+    transitions: i32,
+    acquired: Timestamp,
+    now: Timestamp,
+) -> LeaseSpec {
     LeaseSpec {
         holder_identity: Some(holder.to_owned()),
         lease_duration_seconds: Some(i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX)),
@@ -140,89 +146,34 @@ pub(crate) async fn acquire(
     holder: &str,
     duration: Duration,
 ) -> Result<Acquired, kube::Error> {
-    let released = super::lock(&RELEASED).remove(&released_key(api, name, holder));
-    if let Some(mut taken) = released {
-        let transitions = taken
-            .spec
-            .as_ref()
-            .and_then(|spec| spec.lease_transitions)
-            .unwrap_or(0);
-        taken.spec = Some(spec(holder, duration, transitions, Timestamp::now()));
-        match api.replace(name, &POST, &taken).await {
-            Ok(lease) => {
-                return Ok(Acquired::Held(Box::new(AgentLease::hold(
-                    api.clone(),
-                    name,
-                    holder,
-                    lease,
-                    duration,
-                ))));
-            }
-            // Changed since this engine released it, or any other failure: read it as usual.
-            Err(err) => {
-                tracing::debug!(lease = %name, error = %err, "the Lease changed since this engine released it");
-            }
-        }
+    let claimant = Claimant {
+        name,
+        agent_id,
+        holder,
+        duration,
+    };
+    if let Some(held) = claimant.retake_released(api).await {
+        return Ok(held);
     }
     let mut races = 0;
     loop {
         let current = retry("get the agent's Lease", || api.get_opt(name)).await?;
-        let now = Timestamp::now();
-        let written = match current {
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.to_owned()),
-                        labels: Some(
-                            [
-                                (MANAGED_BY_KEY.to_owned(), MANAGED_BY_VALUE.to_owned()),
-                                (AGENT_ID_KEY.to_owned(), label_value(agent_id)),
-                            ]
-                            .into(),
-                        ),
-                        annotations: Some([(AGENT_ID_KEY.to_owned(), agent_id.to_owned())].into()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(spec(holder, duration, 0, now)),
-                };
+        let written = match claimant.claim(current, Timestamp::now()) {
+            Claim::Create(lease) => {
                 retry("create the agent's Lease", || api.create(&POST, &lease)).await
             }
-            Some(lease) => {
-                let held_by = holder_of(&lease).unwrap_or_default().to_owned();
-                match expiry(&lease, now) {
-                    Some(expires_in) if held_by != holder => {
-                        return Ok(Acquired::Busy {
-                            holder: held_by,
-                            expires_in,
-                        });
-                    }
-                    _ => {}
-                }
-                let previous = lease.spec.clone().unwrap_or_default();
-                let transitions = previous.lease_transitions.unwrap_or(0)
-                    + i32::from(held_by != holder && !held_by.is_empty());
-                let acquired = match previous.acquire_time {
-                    Some(at) if held_by == holder => at.0,
-                    _ => now,
-                };
-                let mut taken = lease;
-                taken.spec = Some(spec(holder, duration, transitions, acquired));
+            Claim::Replace(lease) => {
                 retry("take over the agent's Lease", || {
-                    api.replace(name, &POST, &taken)
+                    api.replace(name, &POST, &lease)
                 })
                 .await
             }
+            Claim::Busy { holder, expires_in } => {
+                return Ok(Acquired::Busy { holder, expires_in });
+            }
         };
         match written {
-            Ok(lease) => {
-                return Ok(Acquired::Held(Box::new(AgentLease::hold(
-                    api.clone(),
-                    name,
-                    holder,
-                    lease,
-                    duration,
-                ))));
-            }
+            Ok(lease) => return Ok(claimant.held(api, lease)),
             Err(err) if conflict(&err) && races < RACES => races += 1,
             Err(err) if conflict(&err) => {
                 return Ok(Acquired::Busy {
@@ -232,6 +183,107 @@ pub(crate) async fn acquire(
             }
             Err(err) => return Err(err),
         }
+    }
+}
+
+/// Who asks for which agent's Lease, for how long: what [`acquire`] was asked for.
+struct Claimant<'a> {
+    name: &'a str,
+    agent_id: &'a str,
+    holder: &'a str,
+    duration: Duration,
+}
+
+/// What to write, having read the Lease.
+#[derive(Debug)]
+enum Claim {
+    /// There is none: create this one.
+    Create(Lease),
+    /// Free, expired or this holder's own: replace it with this (the read's version guards it).
+    Replace(Lease),
+    /// Another live holder has it, for `expires_in` unless renewed.
+    Busy {
+        holder: String,
+        expires_in: Duration,
+    },
+}
+
+impl Claimant<'_> {
+    /// The Lease this engine released, taken again with one replace from the version the release
+    /// wrote; `None` when there is none, or it changed since (then it is read as usual).
+    async fn retake_released(&self, api: &Api<Lease>) -> Option<Acquired> {
+        let key = released_key(api, self.name, self.holder);
+        let mut taken = super::lock(&RELEASED).remove(&key)?;
+        let transitions = taken
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.lease_transitions)
+            .unwrap_or(0);
+        let now = Timestamp::now();
+        taken.spec = Some(spec(self.holder, self.duration, transitions, now, now));
+        match api.replace(self.name, &POST, &taken).await {
+            Ok(lease) => Some(self.held(api, lease)),
+            // Changed since this engine released it, or any other failure: read it as usual.
+            Err(err) => {
+                tracing::debug!(lease = %self.name, error = %err, "the Lease changed since this engine released it");
+                None
+            }
+        }
+    }
+
+    /// What to write at `now`, given the Lease as read (`None`: it does not exist).
+    fn claim(&self, current: Option<Lease>, now: Timestamp) -> Claim {
+        let Some(mut lease) = current else {
+            return Claim::Create(self.new_lease(now));
+        };
+        let held_by = holder_of(&lease).unwrap_or_default().to_owned();
+        let own = held_by == self.holder;
+        if let Some(expires_in) = expiry(&lease, now).filter(|_| !own) {
+            return Claim::Busy {
+                holder: held_by,
+                expires_in,
+            };
+        }
+        let previous = lease.spec.take().unwrap_or_default();
+        // A transition is a change of holder; taking a released Lease back is none.
+        let transitions =
+            previous.lease_transitions.unwrap_or(0) + i32::from(!own && !held_by.is_empty());
+        let acquired = match previous.acquire_time {
+            Some(at) if own => at.0,
+            _ => now,
+        };
+        lease.spec = Some(spec(self.holder, self.duration, transitions, acquired, now));
+        Claim::Replace(lease)
+    }
+
+    /// A new Lease for the agent, held by this holder from `now`.
+    fn new_lease(&self, now: Timestamp) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.to_owned()),
+                labels: Some(
+                    [
+                        (MANAGED_BY_KEY.to_owned(), MANAGED_BY_VALUE.to_owned()),
+                        (AGENT_ID_KEY.to_owned(), label_value(self.agent_id)),
+                    ]
+                    .into(),
+                ),
+                annotations: Some([(AGENT_ID_KEY.to_owned(), self.agent_id.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(spec(self.holder, self.duration, 0, now, now)),
+        }
+    }
+
+    /// The Lease as written: held by this run, renewed from now on.
+    fn held(&self, api: &Api<Lease>, lease: Lease) -> Acquired {
+        Acquired::Held(Box::new(AgentLease::hold(
+            api.clone(),
+            self.name,
+            self.holder,
+            lease,
+            self.duration,
+        )))
     }
 }
 
@@ -368,5 +420,78 @@ mod tests {
             expiry(&lease(None, "2026-12-03T12:00:29.000000Z", 30), now),
             None
         );
+    }
+
+    const NOW: &str = "2026-12-03T12:00:30Z";
+
+    fn claimant(holder: &str) -> Claimant<'_> {
+        Claimant {
+            name: "oc-agent-x",
+            agent_id: "agent x",
+            holder,
+            duration: Duration::from_secs(30),
+        }
+    }
+
+    fn replaced(claim: Claim) -> LeaseSpec {
+        match claim {
+            Claim::Replace(lease) => lease.spec.unwrap(),
+            other => panic!("expected a replace, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_live_lease_of_another_holder_is_busy() {
+        let claim = claimant("b").claim(
+            Some(lease(Some("a"), "2026-12-03T12:00:10.000000Z", 30)),
+            NOW.parse().unwrap(),
+        );
+        assert!(
+            matches!(&claim, Claim::Busy { holder, expires_in } if holder == "a" && expires_in.as_secs() == 10),
+            "{claim:?}"
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_as_a_transition() {
+        let now: Timestamp = NOW.parse().unwrap();
+        let spec = replaced(claimant("b").claim(
+            Some(lease(Some("a"), "2026-12-03T11:59:00.000000Z", 30)),
+            now,
+        ));
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+        assert_eq!(spec.lease_transitions, Some(1));
+        assert_eq!(spec.acquire_time.map(|t| t.0), Some(now));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_without_a_transition() {
+        let spec = replaced(claimant("b").claim(
+            Some(lease(None, "2026-12-03T12:00:29.000000Z", 30)),
+            NOW.parse().unwrap(),
+        ));
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+        assert_eq!(spec.lease_transitions, Some(0));
+    }
+
+    #[test]
+    fn the_holders_own_lease_keeps_its_acquire_time() {
+        let mut own = lease(Some("b"), "2026-12-03T12:00:10.000000Z", 30);
+        let acquired: Timestamp = "2026-12-03T11:00:00Z".parse().unwrap();
+        own.spec.as_mut().unwrap().acquire_time = Some(MicroTime(acquired));
+        let spec = replaced(claimant("b").claim(Some(own), NOW.parse().unwrap()));
+        assert_eq!(spec.acquire_time.map(|t| t.0), Some(acquired));
+        assert_eq!(spec.lease_transitions, Some(0));
+    }
+
+    #[test]
+    fn a_missing_lease_is_created_labelled_for_its_agent() {
+        let Claim::Create(lease) = claimant("b").claim(None, NOW.parse().unwrap()) else {
+            panic!("expected a create");
+        };
+        let labels = lease.metadata.labels.unwrap();
+        assert_eq!(labels[MANAGED_BY_KEY], MANAGED_BY_VALUE);
+        assert_eq!(labels[AGENT_ID_KEY], label_value("agent x"));
+        assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("b"));
     }
 }

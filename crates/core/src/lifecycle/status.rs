@@ -15,39 +15,32 @@ pub(crate) enum JobEnd {
     Failed { reason: String, message: String },
 }
 
+/// How the Job ended, once it is over: its `Complete` or `Failed` condition.
 pub(crate) fn job_end(job: &Job) -> Option<JobEnd> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    conditions
-        .iter()
-        .filter(|c| c.status == "True")
-        .find_map(|c| match c.type_.as_str() {
-            "Complete" => Some(JobEnd::Complete),
-            "Failed" => Some(JobEnd::Failed {
-                reason: c.reason.clone().unwrap_or_default(),
-                message: c.message.clone().unwrap_or_default(),
-            }),
-            _ => None,
-        })
+    condition_end(job, "Complete", "Failed")
 }
 
 /// How the Job ended or is ending: `Complete`/`Failed`, or already v1.36's `SuccessCriteriaMet` /
 /// `FailureTarget` written before them (the pod may still be terminating). Enough to judge a
 /// run whose container has exited; not for deciding the agent is free again.
 pub(crate) fn job_outcome(job: &Job) -> Option<JobEnd> {
-    job_end(job).or_else(|| {
-        let conditions = job.status.as_ref()?.conditions.as_ref()?;
-        conditions
-            .iter()
-            .filter(|c| c.status == "True")
-            .find_map(|c| match c.type_.as_str() {
-                "SuccessCriteriaMet" => Some(JobEnd::Complete),
-                "FailureTarget" => Some(JobEnd::Failed {
-                    reason: c.reason.clone().unwrap_or_default(),
-                    message: c.message.clone().unwrap_or_default(),
-                }),
-                _ => None,
-            })
-    })
+    job_end(job).or_else(|| condition_end(job, "SuccessCriteriaMet", "FailureTarget"))
+}
+
+/// The end the first true condition of type `complete` or `failed` says.
+fn condition_end(job: &Job, complete: &str, failed: &str) -> Option<JobEnd> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .filter(|c| c.status == "True")
+        .find_map(|c| match c.type_.as_str() {
+            t if t == complete => Some(JobEnd::Complete),
+            t if t == failed => Some(JobEnd::Failed {
+                reason: c.reason.clone().unwrap_or_default(),
+                message: c.message.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        })
 }
 
 /// A Job still counts against its agent's one-run-at-a-time limit: not finished, or being
