@@ -309,45 +309,51 @@ impl<'a> Reader<'a> {
                 .iter()
                 .map(|(k, v)| (format!("{name}.{k}"), k.clone(), v.clone()))
                 .collect(),
-            Value::String(text) => {
-                let mut out = Vec::new();
-                for (i, line) in text.lines().enumerate() {
-                    let items: Vec<&str> = if split_commas {
-                        line.split(',').collect()
-                    } else {
-                        vec![line]
-                    };
-                    for item in items {
-                        let item = item.trim();
-                        if item.is_empty() || item.starts_with('#') {
-                            continue;
-                        }
-                        let path = format!("{name} (line {})", i + 1);
-                        match item.split_once('=') {
-                            Some((k, v)) => out.push((
-                                path,
-                                k.trim().to_owned(),
-                                Value::String(unquote(v).to_owned()),
-                            )),
-                            // The line may be a secret pasted in the wrong place: show its length only.
-                            None => self.fail_with(
-                                &path,
-                                format!(
-                                    "a line of {} characters without `=`",
-                                    item.chars().count()
-                                ),
-                                spec(name).accepted.into(),
-                            ),
-                        }
-                    }
-                }
-                out
-            }
+            Value::String(text) => self.line_pairs(name, text, split_commas),
             other => {
                 self.fail(name, show(other));
                 Vec::new()
             }
         }
+    }
+
+    /// The `key=value` pairs of map field `name` written as lines (and, with `split_commas`,
+    /// comma-separated items); blank items and `#` comments are skipped.
+    fn line_pairs(
+        &mut self,
+        name: &str,
+        text: &str,
+        split_commas: bool,
+    ) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let items: Vec<&str> = if split_commas {
+                line.split(',').collect()
+            } else {
+                vec![line]
+            };
+            for item in items {
+                let item = item.trim();
+                if item.is_empty() || item.starts_with('#') {
+                    continue;
+                }
+                let path = format!("{name} (line {})", i + 1);
+                match item.split_once('=') {
+                    Some((k, v)) => out.push((
+                        path,
+                        k.trim().to_owned(),
+                        Value::String(unquote(v).to_owned()),
+                    )),
+                    // The line may be a secret pasted in the wrong place: show its length only.
+                    None => self.fail_with(
+                        &path,
+                        format!("a line of {} characters without `=`", item.chars().count()),
+                        spec(name).accepted.into(),
+                    ),
+                }
+            }
+        }
+        out
     }
 
     /// `env`: names checked, engine-owned names refused, values kept secret.
