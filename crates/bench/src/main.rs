@@ -132,14 +132,7 @@ async fn bench(scenario: Scenario, json_out: Option<PathBuf>) -> anyhow::Result<
         return Err(err);
     }
     let summary = Summary::new(scenario, phases, cluster_peak);
-    let json = serde_json::to_string_pretty(&summary)?;
-    if let Some(path) = &json_out {
-        std::fs::write(path, &json)
-            .with_context(|| format!("failed to write {}", path.display()))?;
-    }
-    progress(&summary.table());
-    emit(&json);
-    Ok(())
+    report(&summary, &summary.table(), json_out.as_deref())
 }
 
 async fn bench_real(
@@ -149,12 +142,21 @@ async fn bench_real(
     json_out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let summary = real::bench(kubeconfig, runs.max(1), audit_log).await?;
-    let json = serde_json::to_string_pretty(&summary)?;
-    if let Some(path) = &json_out {
+    report(&summary, &summary.table(), json_out.as_deref())
+}
+
+/// Prints the human `table` and the JSON `summary` (also written to `json_out`, if given).
+fn report(
+    summary: &impl serde::Serialize,
+    table: &str,
+    json_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(summary)?;
+    if let Some(path) = json_out {
         std::fs::write(path, &json)
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
-    progress(&summary.table());
+    progress(table);
     emit(&json);
     Ok(())
 }

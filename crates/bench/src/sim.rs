@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opencode_k8s_testkit::{Cluster, ClusterOptions};
+use opencode_k8s_testkit::Cluster;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -31,8 +31,7 @@ struct Ready {
 
 /// Child side: serve a cluster seeded with a Paperclip pod until stdin closes.
 pub(crate) async fn serve() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions::default()).await?;
-    cluster.seed_paperclip_pod(NS)?;
+    let cluster = Cluster::start_with_paperclip_pod(NS).await?;
     let ready = Ready {
         url: cluster.url().to_owned(),
         kubeconfig: cluster.kubeconfig_path().to_owned(),

@@ -629,29 +629,15 @@ impl Sandbox {
     pub async fn names(&self, kind: &str, prefix: &str) -> Result<Vec<String>, Error> {
         let admin = self.tier.admin.clone();
         let ns = self.ns.as_str();
-        let lp = Default::default();
-        let names: Vec<Option<String>> = match kind {
-            "jobs" => Api::<k8s_openapi::api::batch::v1::Job>::namespaced(admin, ns)
-                .list(&lp)
+        let names = match kind {
+            "jobs" => {
+                list_names(Api::<k8s_openapi::api::batch::v1::Job>::namespaced(
+                    admin, ns,
+                ))
                 .await?
-                .items
-                .into_iter()
-                .map(|o| o.metadata.name)
-                .collect(),
-            "pods" => Api::<Pod>::namespaced(admin, ns)
-                .list(&lp)
-                .await?
-                .items
-                .into_iter()
-                .map(|o| o.metadata.name)
-                .collect(),
-            "secrets" => Api::<Secret>::namespaced(admin, ns)
-                .list(&lp)
-                .await?
-                .items
-                .into_iter()
-                .map(|o| o.metadata.name)
-                .collect(),
+            }
+            "pods" => list_names(Api::<Pod>::namespaced(admin, ns)).await?,
+            "secrets" => list_names(Api::<Secret>::namespaced(admin, ns)).await?,
             other => return Err(err(format!("unknown kind {other}"))),
         };
         Ok(names
@@ -660,6 +646,19 @@ impl Sandbox {
             .filter(|n| n.starts_with(prefix))
             .collect())
     }
+}
+
+/// The names of every object `api` lists.
+async fn list_names<K>(api: Api<K>) -> Result<Vec<Option<String>>, kube::Error>
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|o| o.meta().name.clone())
+        .collect())
 }
 
 impl Drop for Sandbox {

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Shared;
 use crate::objects::{self, Propagation};
 use crate::resource::Resource;
-use crate::store::{Change, ChangeKind};
+use crate::store::{Change, ChangeKind, next_change};
 
 fn text(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
@@ -30,14 +30,7 @@ pub(crate) async fn run(
     mut changes: mpsc::UnboundedReceiver<Arc<Change>>,
     cancel: CancellationToken,
 ) {
-    loop {
-        let change = tokio::select! {
-            () = cancel.cancelled() => return,
-            change = changes.recv() => match change {
-                Some(change) => change,
-                None => return,
-            },
-        };
+    while let Some(change) = next_change(&mut changes, &cancel).await {
         match change.kind {
             ChangeKind::Deleted => {
                 delete_dependents(&shared, text(&change.object["metadata"]["uid"]));

@@ -20,7 +20,7 @@ use crate::objects::now_seconds;
 use crate::podspec::{ConfigError, LOCAL_IP, resolve};
 use crate::resource::Resource;
 use crate::runtime::{Container, Termination};
-use crate::store::{Change, ChangeKind};
+use crate::store::{Change, ChangeKind, next_change};
 
 /// What the node runs: log buffers (kept until the pod is deleted, so logs stay readable after
 /// exit) and live containers (so shutdown can kill them).
@@ -75,14 +75,7 @@ pub(crate) async fn run(
     mut changes: mpsc::UnboundedReceiver<Arc<Change>>,
     cancel: CancellationToken,
 ) {
-    loop {
-        let change = tokio::select! {
-            () = cancel.cancelled() => return,
-            change = changes.recv() => match change {
-                Some(change) => change,
-                None => return,
-            },
-        };
+    while let Some(change) = next_change(&mut changes, &cancel).await {
         if change.resource != Resource::Pods {
             continue;
         }
@@ -188,6 +181,18 @@ impl PodTask {
                 message,
                 field_path: field_path.as_deref(),
             },
+        );
+    }
+
+    /// The kubelet's `Failed` warning about the pod's container `cname`.
+    fn failed(&self, pod: &Value, cname: &str, message: &str) {
+        self.event(
+            pod,
+            Reporter::Kubelet,
+            EventType::Warning,
+            "Failed",
+            message,
+            Some(cname),
         );
     }
 
@@ -385,14 +390,7 @@ impl PodTask {
             Ok(process) => process,
             Err(ConfigError::Container(message)) => {
                 self.set_container(json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}}), false);
-                self.event(
-                    &pod,
-                    Reporter::Kubelet,
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Error: {message}"),
-                    Some(&cname),
-                );
+                self.failed(&pod, &cname, &format!("Error: {message}"));
                 return self.park().await;
             }
             Err(ConfigError::Mount(message)) => {
@@ -439,14 +437,7 @@ impl PodTask {
                 let message = err.to_string();
                 self.set_container(json!({"terminated": {"exitCode": 128, "reason": "StartError", "message": message, "startedAt": now, "finishedAt": now}}), false);
                 self.status(|s| s["phase"] = json!("Failed"));
-                self.event(
-                    &pod,
-                    Reporter::Kubelet,
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Error: {message}"),
-                    Some(&cname),
-                );
+                self.failed(&pod, &cname, &format!("Error: {message}"));
                 return self.park().await;
             }
         };
@@ -556,22 +547,12 @@ impl PodTask {
             &format!("Pulling image \"{image}\""),
             Some(cname),
         );
-        self.event(
+        self.failed(
             pod,
-            Reporter::Kubelet,
-            EventType::Warning,
-            "Failed",
+            cname,
             &format!("Failed to pull image \"{image}\": {cause}"),
-            Some(cname),
         );
-        self.event(
-            pod,
-            Reporter::Kubelet,
-            EventType::Warning,
-            "Failed",
-            "Error: ErrImagePull",
-            Some(cname),
-        );
+        self.failed(pod, cname, "Error: ErrImagePull");
         self.set_container(
             json!({"waiting": {"reason": "ErrImagePull", "message": cause}}),
             false,
@@ -595,14 +576,7 @@ impl PodTask {
             &format!("Back-off pulling image \"{image}\""),
             Some(cname),
         );
-        self.event(
-            pod,
-            Reporter::Kubelet,
-            EventType::Warning,
-            "Failed",
-            "Error: ImagePullBackOff",
-            Some(cname),
-        );
+        self.failed(pod, cname, "Error: ImagePullBackOff");
         let message = format!("Back-off pulling image \"{image}\": ErrImagePull: {cause}");
         self.set_container(
             json!({"waiting": {"reason": "ImagePullBackOff", "message": message}}),

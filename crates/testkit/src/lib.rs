@@ -66,6 +66,7 @@
 //! log opens as `follow`.
 
 mod accounting;
+mod agent_bin;
 mod auth;
 mod cluster;
 mod control;
@@ -91,6 +92,7 @@ mod validate;
 mod watch;
 
 pub use accounting::RequestCounts;
+pub use agent_bin::{AgentBin, TIMELINE, TIMELINE_AGENT, assert_each_ran_alone};
 pub use auth::Rule;
 pub use cluster::{Cluster, ClusterError, ClusterOptions, WaitError};
 pub use faults::{Faults, Outcome, REAL_JOB_FINISH_DELAY, Script, UnknownVerb, Verb};

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::Rule;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::status::ApiError;
 
 /// Names of what [`Cluster::seed_paperclip_pod`] created.
@@ -90,6 +90,16 @@ fn exists_ok(result: Result<Value, ApiError>) -> Result<(), ApiError> {
 }
 
 impl Cluster {
+    /// A new cluster (default options) with [`Cluster::seed_paperclip_pod`] in `ns`: what a
+    /// test of the engine or the CLI starts from.
+    pub async fn start_with_paperclip_pod(ns: &str) -> Result<Cluster, ClusterError> {
+        let cluster = Cluster::start(ClusterOptions::default()).await?;
+        cluster
+            .seed_paperclip_pod(ns)
+            .map_err(|e| ClusterError::Seed(e.message))?;
+        Ok(cluster)
+    }
+
     /// Creates `ns` (if missing), a RWX PVC `paperclip-data`, a Secret `paperclip-secrets` and a
     /// running `paperclip` pod mounting the PVC at `/paperclip`, with env, envFrom and a secret
     /// volume, like a real Paperclip Deployment's pod.

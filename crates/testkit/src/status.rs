@@ -169,19 +169,11 @@ impl ApiError {
             Some(name) => format!("{qualified} {} is forbidden: {reason}", quote(name)),
             None => format!("{qualified} is forbidden: {reason}"),
         };
-        let mut details = json!({});
-        if let Some(name) = name {
-            details["name"] = json!(name);
-        }
-        if !resource.group().is_empty() {
-            details["group"] = json!(resource.group());
-        }
-        details["kind"] = json!(resource.plural());
         ApiError {
             code: 403,
             reason: "Forbidden",
             message,
-            details: Some(details),
+            details: Some(details(resource, name)),
         }
     }
 
@@ -272,7 +264,7 @@ impl ApiError {
     }
 }
 
-/// `details` of NotFound/AlreadyExists: name, group (when not core), kind = plural.
+/// `details` of NotFound/AlreadyExists/Forbidden: name, group (when not core), kind = plural.
 fn details(resource: Resource, name: Option<&str>) -> Value {
     let mut details = json!({});
     if let Some(name) = name {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::resource::Resource;
 use crate::status::ApiError;
@@ -51,6 +52,17 @@ pub(crate) struct Change {
     /// The object before a modification, so watchers can tell an object entering or leaving
     /// their selector.
     pub(crate) previous: Option<Arc<Value>>,
+}
+
+/// The next change a controller reacts to; `None` once `cancel` fires or the store is gone.
+pub(crate) async fn next_change(
+    changes: &mut mpsc::UnboundedReceiver<Arc<Change>>,
+    cancel: &CancellationToken,
+) -> Option<Arc<Change>> {
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        change = changes.recv() => change,
+    }
 }
 
 /// Where a watch starts.

@@ -1,6 +1,7 @@
 //! Two `opencode-k8s run` processes for one agent: the agent's Lease lets exactly one Job run
 //! at a time across processes (the in-process guard could not see the other process).
 
+use opencode_k8s_testkit::{TIMELINE, TIMELINE_AGENT, assert_each_ran_alone};
 use serde_json::json;
 
 use crate::sim::{NS, POD, Sim, run_args};
@@ -9,9 +10,7 @@ use crate::stderr;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_racing_for_one_agent_run_one_job_at_a_time() {
     let sim = Sim::start().await;
-    sim.opencode(
-        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\necho done",
-    );
+    sim.opencode(TIMELINE_AGENT);
     // Every request slow: both processes are between their look at the agent's Jobs and their
     // create at once, which a per-process guard cannot see.
     sim.cluster
@@ -40,22 +39,9 @@ async fn two_processes_racing_for_one_agent_run_one_job_at_a_time() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(a.status.success(), "{}", stderr(&a));
     assert!(b.status.success(), "{}", stderr(&b));
-    let timeline = std::fs::read_to_string(
-        sim.cluster
-            .pvc_path(NS, "paperclip-data")
-            .join("workspaces/project/timeline"),
-    )
-    .unwrap();
-    let marks: Vec<&str> = timeline.lines().collect();
-    assert_eq!(marks.len(), 4, "{timeline}");
-    for pair in marks.chunks(2) {
-        let run = pair[0].strip_prefix("start ").expect(&timeline);
-        assert_eq!(
-            pair[1],
-            format!("end {run}"),
-            "each Job ran alone:\n{timeline}"
-        );
-    }
+    let timeline =
+        std::fs::read_to_string(sim.cluster.pvc_path(NS, "paperclip-data").join(TIMELINE)).unwrap();
+    assert_each_ran_alone(&timeline, 2);
     let waited = format!("{}{}", stderr(&a), stderr(&b));
     assert!(waited.contains("waiting for"), "{waited}");
 }

@@ -1,11 +1,10 @@
 //! The cluster commands against a simulated cluster (testkit) started in the test process: the
 //! binary talks to it through its kubeconfig, a fake `opencode` script plays the agent.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use opencode_k8s_testkit::{Cluster, ClusterOptions, Resource};
+use opencode_k8s_testkit::{AgentBin, Cluster, Resource};
 use serde_json::{Value, json};
 
 pub(crate) const NS: &str = "paperclip";
@@ -15,45 +14,37 @@ pub(crate) const POD: &str = "paperclip/paperclip";
 pub(crate) struct Sim {
     pub(crate) cluster: Cluster,
     /// Holds the fake `opencode`, readable by the pod's user.
-    bin: tempfile::TempDir,
+    bin: AgentBin,
     /// Configs and kubeconfigs written for the binary.
     dir: tempfile::TempDir,
 }
 
 impl Sim {
     pub(crate) async fn start() -> Sim {
-        let cluster = Cluster::start(ClusterOptions::default())
+        let cluster = Cluster::start_with_paperclip_pod(NS)
             .await
             .expect("cluster starts");
-        cluster.seed_paperclip_pod(NS).expect("seed");
-        let bin = tempfile::Builder::new()
-            .prefix("fake-opencode-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         Sim {
             cluster,
-            bin,
+            bin: AgentBin::new("fake-opencode-").unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
     /// Install the fake `opencode` (a POSIX shell script body; the prompt is on stdin).
     pub(crate) fn opencode(&self, body: &str) {
-        let path = self.bin.path().join("opencode");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.bin.fake_opencode(body).unwrap();
     }
 
     /// A fake that prints a captured OpenCode run and exits with `rc`.
     pub(crate) fn replay(&self, fixture_name: &str, rc: i32) {
-        let out = self.bin.path().join(format!("{fixture_name}.jsonl"));
-        std::fs::write(
-            &out,
-            fixture(&format!("opencode/{fixture_name}.stdout.jsonl")),
-        )
-        .unwrap();
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = self
+            .bin
+            .file(
+                &format!("{fixture_name}.jsonl"),
+                &fixture(&format!("opencode/{fixture_name}.stdout.jsonl")),
+            )
+            .unwrap();
         self.opencode(&format!(
             "cat > /dev/null; cat {}; exit {rc}",
             out.display()
@@ -83,7 +74,7 @@ impl Sim {
             "model": "fake/fake-model",
             "kubeconfig": self.kubeconfig(),
             "namespace": NS,
-            "env": {"PATH": format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.path().display())},
+            "env": {"PATH": self.bin.path_env()},
         });
         if let (Some(into), Value::Object(from)) = (config.as_object_mut(), extra) {
             into.extend(from);

@@ -10,7 +10,7 @@ use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::lifecycle::RunStatus;
 use serde_json::{Value, json};
 
-use crate::{Outcome, bounds, run};
+use crate::{Outcome, run_once};
 
 /// One run of `plan` with `config` in a fresh sandbox.
 async fn outcome(
@@ -21,10 +21,8 @@ async fn outcome(
 ) -> Option<Outcome> {
     let tier = tier(test).await?;
     let sandbox = tier.sandbox(test, options).await.unwrap();
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request(test, &format!("agent-{}", test.replace('_', "-")), plan),
         config,
         Duration::from_secs(150),
@@ -108,10 +106,8 @@ async fn an_inherited_secret_that_is_gone_is_k8s_container_config_error() {
         .delete("llm-keys", &Default::default())
         .await
         .unwrap();
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request("missing-secret", "agent-secret", "lines=1"),
         json!({}),
         Duration::from_secs(150),

@@ -9,10 +9,9 @@ use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use opencode_k8s_cluster_tests::{AuditLog, say, tier};
-use opencode_k8s_core::lifecycle::RunStatus;
 use serde_json::json;
 
-use crate::{bounds, run};
+use crate::run_once;
 
 /// Plants `contents` at `relative` under the claim's directory on the node (the tier runs there).
 fn plant(claim: &Path, relative: &str, contents: &str) -> std::io::Result<()> {
@@ -39,22 +38,14 @@ async fn an_agent_pod_sees_only_its_workspace_and_its_home() {
     ] {
         plant(claim, &relative, contents).unwrap();
     }
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request("isolation", "agent-isolation", "list=/paperclip lines=1"),
         json!({}),
         Duration::from_secs(120),
     )
     .await;
-    let result = outcome.ok();
-    assert_eq!(
-        result.status,
-        RunStatus::Succeeded,
-        "{result:?}\n{}",
-        outcome.log()
-    );
+    outcome.succeeded();
     let output = outcome.sink.output();
     let seen: Vec<String> = output
         .lines()
@@ -102,10 +93,8 @@ async fn runtime_class_network_policy_and_read_only_root_run_on_a_real_node() {
         .unwrap();
     let audit = tier.audit_log.clone().map(AuditLog::new);
     let mark = audit.as_ref().map(|a| a.mark().unwrap());
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request("tenancy", "agent-tenancy", "lines=5"),
         json!({
             "runtimeClassName": class_name,
@@ -117,13 +106,7 @@ async fn runtime_class_network_policy_and_read_only_root_run_on_a_real_node() {
     )
     .await;
     let cleanup = classes.delete(&class_name, &DeleteParams::default()).await;
-    let result = outcome.ok();
-    assert_eq!(
-        result.status,
-        RunStatus::Succeeded,
-        "{result:?}\n{}",
-        outcome.log()
-    );
+    outcome.succeeded();
     assert!(
         outcome.sink.output().contains("line 5 out"),
         "the agent ran: {}",

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use opencode_k8s_cluster_tests::{Record, Sandbox};
 use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::{Bounds, Engine, RunError, RunResult};
+use opencode_k8s_core::lifecycle::{Bounds, Engine, RunError, RunResult, RunStatus};
 use opencode_k8s_core::manifest::RunRequest;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +72,18 @@ impl Outcome {
             .unwrap_or_else(|err| panic!("the run reaches an outcome: {err}\n{}", self.log()))
     }
 
+    /// The result, which must be a success; panics with it and the run log otherwise.
+    pub(crate) fn succeeded(&self) -> &RunResult {
+        let result = self.ok();
+        assert_eq!(
+            result.status,
+            RunStatus::Succeeded,
+            "{result:?}\n{}",
+            self.log()
+        );
+        result
+    }
+
     /// The run log's non-output lines, for failure messages.
     pub(crate) fn log(&self) -> String {
         self.sink.lines().join("\n")
@@ -103,6 +115,16 @@ pub(crate) async fn run(
         sink,
         took: started.elapsed(),
     }
+}
+
+/// [`run`] by an engine of its own, with the tier's [`bounds`].
+pub(crate) async fn run_once(
+    sandbox: &Sandbox,
+    request: RunRequest,
+    config: Value,
+    bound: Duration,
+) -> Outcome {
+    run(sandbox, &sandbox.engine(bounds()), request, config, bound).await
 }
 
 /// Until no object of the run (`oc-` Jobs, pods, Secrets) is left in the sandbox; how long

@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
 use opencode_k8s_cluster_tests::{PAPERCLIP_POD, say, tier};
-use opencode_k8s_core::lifecycle::RunStatus;
 use serde_json::json;
 
 use crate::{bounds, run};
@@ -38,13 +37,7 @@ async fn two_engines_racing_for_one_agent_run_one_job_at_a_time() {
         ),
     );
     for outcome in [&a, &b] {
-        assert_eq!(
-            outcome.ok().status,
-            RunStatus::Succeeded,
-            "{:?}\n{}",
-            outcome.result,
-            outcome.log()
-        );
+        outcome.succeeded();
     }
     let pods: Api<Pod> = Api::namespaced(tier.admin.clone(), &sandbox.ns);
     let mut spans: Vec<_> = pods

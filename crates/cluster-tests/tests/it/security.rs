@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use opencode_k8s_cluster_tests::{PAPERCLIP_POD, SandboxOptions, check_lines, say, tier};
 use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::{
-    CheckStatus, ClusterSource, DoctorTarget, RunStatus, SelfPod, doctor,
-};
+use opencode_k8s_core::lifecycle::{CheckStatus, ClusterSource, DoctorTarget, SelfPod, doctor};
 use opencode_k8s_core::rbac::{self, RULES, Scope};
 use serde_json::json;
 
-use crate::{bounds, run, wait_nothing_left};
+use crate::{run_once, wait_nothing_left};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_enforcing_restricted_admits_the_run() {
@@ -25,22 +23,14 @@ async fn a_namespace_enforcing_restricted_admits_the_run() {
         ..Default::default()
     };
     let sandbox = tier.sandbox("restricted", options).await.unwrap();
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request("restricted", "agent-restricted", "lines=10"),
         json!({}),
         Duration::from_secs(120),
     )
     .await;
-    let result = outcome.ok();
-    assert_eq!(
-        result.status,
-        RunStatus::Succeeded,
-        "{result:?}\n{}",
-        outcome.log()
-    );
+    outcome.succeeded();
     assert!(!outcome.log().contains("FailedCreate"), "{}", outcome.log());
 }
 
@@ -53,10 +43,8 @@ async fn a_service_account_with_the_generated_role_runs_and_inherits_from_the_pa
         .sandbox("generated-role", Default::default())
         .await
         .unwrap();
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request(
             "role",
             "agent-role",
@@ -66,13 +54,7 @@ async fn a_service_account_with_the_generated_role_runs_and_inherits_from_the_pa
         Duration::from_secs(120),
     )
     .await;
-    let result = outcome.ok();
-    assert_eq!(
-        result.status,
-        RunStatus::Succeeded,
-        "{result:?}\n{}",
-        outcome.log()
-    );
+    outcome.succeeded();
     let report = check_lines(&outcome.sink.output(), 100);
     assert!(report.exact(), "{report}");
     assert!(
@@ -153,10 +135,8 @@ async fn a_run_refused_midway_leaves_nothing_behind() {
         ..Default::default()
     };
     let sandbox = tier.sandbox("refused-midway", options).await.unwrap();
-    let engine = sandbox.engine(bounds());
-    let outcome = run(
+    let outcome = run_once(
         &sandbox,
-        &engine,
         sandbox.request("refused", "agent-refused", "lines=1"),
         json!({}),
         Duration::from_secs(120),

@@ -309,45 +309,51 @@ impl<'a> Reader<'a> {
                 .iter()
                 .map(|(k, v)| (format!("{name}.{k}"), k.clone(), v.clone()))
                 .collect(),
-            Value::String(text) => {
-                let mut out = Vec::new();
-                for (i, line) in text.lines().enumerate() {
-                    let items: Vec<&str> = if split_commas {
-                        line.split(',').collect()
-                    } else {
-                        vec![line]
-                    };
-                    for item in items {
-                        let item = item.trim();
-                        if item.is_empty() || item.starts_with('#') {
-                            continue;
-                        }
-                        let path = format!("{name} (line {})", i + 1);
-                        match item.split_once('=') {
-                            Some((k, v)) => out.push((
-                                path,
-                                k.trim().to_owned(),
-                                Value::String(unquote(v).to_owned()),
-                            )),
-                            // The line may be a secret pasted in the wrong place: show its length only.
-                            None => self.fail_with(
-                                &path,
-                                format!(
-                                    "a line of {} characters without `=`",
-                                    item.chars().count()
-                                ),
-                                spec(name).accepted.into(),
-                            ),
-                        }
-                    }
-                }
-                out
-            }
+            Value::String(text) => self.line_pairs(name, text, split_commas),
             other => {
                 self.fail(name, show(other));
                 Vec::new()
             }
         }
+    }
+
+    /// The `key=value` pairs of map field `name` written as lines (and, with `split_commas`,
+    /// comma-separated items); blank items and `#` comments are skipped.
+    fn line_pairs(
+        &mut self,
+        name: &str,
+        text: &str,
+        split_commas: bool,
+    ) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let items: Vec<&str> = if split_commas {
+                line.split(',').collect()
+            } else {
+                vec![line]
+            };
+            for item in items {
+                let item = item.trim();
+                if item.is_empty() || item.starts_with('#') {
+                    continue;
+                }
+                let path = format!("{name} (line {})", i + 1);
+                match item.split_once('=') {
+                    Some((k, v)) => out.push((
+                        path,
+                        k.trim().to_owned(),
+                        Value::String(unquote(v).to_owned()),
+                    )),
+                    // The line may be a secret pasted in the wrong place: show its length only.
+                    None => self.fail_with(
+                        &path,
+                        format!("a line of {} characters without `=`", item.chars().count()),
+                        spec(name).accepted.into(),
+                    ),
+                }
+            }
+        }
+        out
     }
 
     /// `env`: names checked, engine-owned names refused, values kept secret.
@@ -485,6 +491,7 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
+    /// One toleration at `path`; `None` when it has a problem (recorded).
     fn toleration(&mut self, path: &str, item: &Value) -> Option<Toleration> {
         let Some(obj) = item.as_object() else {
             self.fail_with(
@@ -519,61 +526,8 @@ impl<'a> Reader<'a> {
         let operator = string("operator").unwrap_or_else(|| "Equal".into());
         let value = string("value").unwrap_or_default();
         let effect = string("effect").unwrap_or_default();
-        if !key.is_empty() && !syntax::is_qualified_name(&key) {
-            self.fail_with(
-                &format!("{path}.key"),
-                show_str(&key),
-                "a label key, or empty to match every key with operator Exists".into(),
-            );
-        }
-        match operator.as_str() {
-            "Exists" if !value.is_empty() => self.fail_with(
-                &format!("{path}.value"),
-                show_str(&value),
-                "no value with operator Exists".into(),
-            ),
-            "Equal" if key.is_empty() => self.fail_with(
-                &format!("{path}.operator"),
-                show_str(&operator),
-                "Exists when key is empty".into(),
-            ),
-            "Exists" | "Equal" => {}
-            _ => self.fail_with(
-                &format!("{path}.operator"),
-                show_str(&operator),
-                "Exists or Equal".into(),
-            ),
-        }
-        if !syntax::is_label_value(&value) {
-            self.fail_with(
-                &format!("{path}.value"),
-                show_str(&value),
-                "a label value".into(),
-            );
-        }
-        if !EFFECTS.contains(&effect.as_str()) {
-            self.fail_with(
-                &format!("{path}.effect"),
-                show_str(&effect),
-                "NoSchedule, PreferNoSchedule, NoExecute, or empty for all".into(),
-            );
-        }
-        let seconds = match obj.get("tolerationSeconds") {
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                let n = v
-                    .as_i64()
-                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
-                if n.is_none() || effect != "NoExecute" {
-                    self.fail_with(
-                        &format!("{path}.tolerationSeconds"),
-                        show(v),
-                        "a whole number of seconds, only with effect NoExecute".into(),
-                    );
-                }
-                n
-            }
-        };
+        self.check_toleration(path, &key, &operator, &value, &effect);
+        let seconds = self.toleration_seconds(path, obj.get("tolerationSeconds"), &effect);
         (self.errors.len() == before).then(|| Toleration {
             key: (!key.is_empty()).then_some(key),
             operator: Some(operator),
@@ -581,6 +535,78 @@ impl<'a> Reader<'a> {
             effect: (!effect.is_empty()).then_some(effect),
             toleration_seconds: seconds,
         })
+    }
+
+    /// Records what is wrong with a toleration's key, operator, value and effect, and how they
+    /// go together.
+    fn check_toleration(
+        &mut self,
+        path: &str,
+        key: &str,
+        operator: &str,
+        value: &str,
+        effect: &str,
+    ) {
+        if !key.is_empty() && !syntax::is_qualified_name(key) {
+            self.fail_with(
+                &format!("{path}.key"),
+                show_str(key),
+                "a label key, or empty to match every key with operator Exists".into(),
+            );
+        }
+        match operator {
+            "Exists" if !value.is_empty() => self.fail_with(
+                &format!("{path}.value"),
+                show_str(value),
+                "no value with operator Exists".into(),
+            ),
+            "Equal" if key.is_empty() => self.fail_with(
+                &format!("{path}.operator"),
+                show_str(operator),
+                "Exists when key is empty".into(),
+            ),
+            "Exists" | "Equal" => {}
+            _ => self.fail_with(
+                &format!("{path}.operator"),
+                show_str(operator),
+                "Exists or Equal".into(),
+            ),
+        }
+        if !syntax::is_label_value(value) {
+            self.fail_with(
+                &format!("{path}.value"),
+                show_str(value),
+                "a label value".into(),
+            );
+        }
+        if !EFFECTS.contains(&effect) {
+            self.fail_with(
+                &format!("{path}.effect"),
+                show_str(effect),
+                "NoSchedule, PreferNoSchedule, NoExecute, or empty for all".into(),
+            );
+        }
+    }
+
+    /// A toleration's `tolerationSeconds`: a whole number (or its text), only with NoExecute.
+    fn toleration_seconds(
+        &mut self,
+        path: &str,
+        value: Option<&Value>,
+        effect: &str,
+    ) -> Option<i64> {
+        let v = value.filter(|v| !v.is_null())?;
+        let n = v
+            .as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()));
+        if n.is_none() || effect != "NoExecute" {
+            self.fail_with(
+                &format!("{path}.tolerationSeconds"),
+                show(v),
+                "a whole number of seconds, only with effect NoExecute".into(),
+            );
+        }
+        n
     }
 
     /// `extraArgs`: an array of strings, or text split like a POSIX shell does (`shlex`:

@@ -297,6 +297,7 @@ impl AgentConfig {
     }
 }
 
+/// Reads every field of the config, recording each problem in `r`.
 fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
     let model = r.text("model", forms::valid_model).unwrap_or_default();
     if r.raw("model").is_none() {
@@ -305,52 +306,12 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
     for parent in ["resources", "resources.requests", "resources.limits"] {
         r.object_parent(parent);
     }
-    let kubeconfig = r.text("kubeconfig", |s| {
-        kubeconfig::check_path(s, Some("/")).is_none()
-    });
-    let kubeconfig_content = r.verbatim("kubeconfigContent");
-    if let Some(content) = &kubeconfig_content {
-        for refusal in kubeconfig::check_content(content) {
-            let path = match refusal.path.as_str() {
-                "(root)" => "kubeconfigContent".to_owned(),
-                inner => format!("kubeconfigContent.{inner}"),
-            };
-            r.fail_with(
-                &path,
-                format!("kubeconfig text of {} bytes", content.len()),
-                refusal.why,
-            );
-        }
-    }
-    let kubeconfig_content = kubeconfig_content.map(SecretString::new);
-    if kubeconfig.is_some() && kubeconfig_content.is_some() {
-        r.fail(
-            "kubeconfigContent",
-            "both `kubeconfig` and `kubeconfigContent`".into(),
-        );
-    }
+    let (kubeconfig, kubeconfig_content) = read_kubeconfig(r);
     let resources = read_resources(r);
-    let variant_name = |s: &str| !s.contains(char::is_whitespace) && !s.starts_with('-');
-    let variant = r.text("variant", variant_name);
-    // Paperclip's form writes `effort` when an agent is edited but `thinkingEffort` when it is
-    // created (its generic buildAdapterConfig): both are the Thinking effort.
-    let effort = r.text("effort", variant_name).or_else(|| {
-        let value = r.raw("thinkingEffort")?;
-        match value.as_str().map(str::trim).filter(|s| variant_name(s)) {
-            Some(text) => Some(text.to_owned()),
-            None => {
-                r.fail_with(
-                    "thinkingEffort",
-                    forms::show(value),
-                    fields::spec("effort").accepted.to_owned(),
-                );
-                None
-            }
-        }
-    });
+    let (variant, effort) = read_variant(r);
     AgentConfig {
         model,
-        variant: variant.or_else(|| effort.clone()),
+        variant,
         effort,
         command: r.text("command", |s| {
             !s.is_empty() && !s.contains(char::is_whitespace) && !s.starts_with('-')
@@ -399,6 +360,59 @@ fn read(r: &mut forms::Reader<'_>) -> AgentConfig {
         cwd: r.text("cwd", |s| s.starts_with('/') && !s.contains('\0')),
         paperclip_api_url: r.text("paperclipApiUrl", forms::valid_http_url),
     }
+}
+
+/// `kubeconfig` and `kubeconfigContent`: at most one of them, the content checked for what the
+/// engine refuses to run (exec plugins, files on the host...).
+fn read_kubeconfig(r: &mut forms::Reader<'_>) -> (Option<String>, Option<SecretString>) {
+    let kubeconfig = r.text("kubeconfig", |s| {
+        kubeconfig::check_path(s, Some("/")).is_none()
+    });
+    let kubeconfig_content = r.verbatim("kubeconfigContent");
+    if let Some(content) = &kubeconfig_content {
+        for refusal in kubeconfig::check_content(content) {
+            let path = match refusal.path.as_str() {
+                "(root)" => "kubeconfigContent".to_owned(),
+                inner => format!("kubeconfigContent.{inner}"),
+            };
+            r.fail_with(
+                &path,
+                format!("kubeconfig text of {} bytes", content.len()),
+                refusal.why,
+            );
+        }
+    }
+    let kubeconfig_content = kubeconfig_content.map(SecretString::new);
+    if kubeconfig.is_some() && kubeconfig_content.is_some() {
+        r.fail(
+            "kubeconfigContent",
+            "both `kubeconfig` and `kubeconfigContent`".into(),
+        );
+    }
+    (kubeconfig, kubeconfig_content)
+}
+
+/// The model variant (`variant`, else the Thinking effort) and the Thinking effort.
+fn read_variant(r: &mut forms::Reader<'_>) -> (Option<String>, Option<String>) {
+    let variant_name = |s: &str| !s.contains(char::is_whitespace) && !s.starts_with('-');
+    let variant = r.text("variant", variant_name);
+    // Paperclip's form writes `effort` when an agent is edited but `thinkingEffort` when it is
+    // created (its generic buildAdapterConfig): both are the Thinking effort.
+    let effort = r.text("effort", variant_name).or_else(|| {
+        let value = r.raw("thinkingEffort")?;
+        match value.as_str().map(str::trim).filter(|s| variant_name(s)) {
+            Some(text) => Some(text.to_owned()),
+            None => {
+                r.fail_with(
+                    "thinkingEffort",
+                    forms::show(value),
+                    fields::spec("effort").accepted.to_owned(),
+                );
+                None
+            }
+        }
+    });
+    (variant.or_else(|| effort.clone()), effort)
 }
 
 /// Label keys an agent config may not set: the engine's own, and the prefixes Kubernetes and

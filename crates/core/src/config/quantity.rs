@@ -54,26 +54,7 @@ impl Quantity {
         if int_part.is_empty() && frac_part.is_empty() || frac_part.contains('.') {
             return Err(syntax());
         }
-        let (exp10, pow1024): (i32, u32) = match suffix {
-            "" => (0, 0),
-            "n" => (-9, 0),
-            "u" => (-6, 0),
-            "m" => (-3, 0),
-            "k" => (3, 0),
-            "M" => (6, 0),
-            "G" => (9, 0),
-            "T" => (12, 0),
-            "P" => (15, 0),
-            "E" => (18, 0),
-            "Ki" => (0, 1),
-            "Mi" => (0, 2),
-            "Gi" => (0, 3),
-            "Ti" => (0, 4),
-            "Pi" => (0, 5),
-            "Ei" => (0, 6),
-            s if s.starts_with(['e', 'E']) => (parse_exponent(&s[1..]).ok_or_else(syntax)?, 0),
-            _ => return Err(syntax()),
-        };
+        let (exp10, pow1024) = suffix_scale(suffix).ok_or_else(syntax)?;
         let digits = format!("{int_part}{frac_part}");
         let digits = digits.trim_start_matches('0');
         let too_large = || QuantityError::TooLarge(text.to_owned());
@@ -132,6 +113,30 @@ impl Quantity {
             (true, false) => Ordering::Less,
         }
     }
+}
+
+/// The powers of ten and of 1024 a quantity's suffix stands for; `None` for an unknown one.
+fn suffix_scale(suffix: &str) -> Option<(i32, u32)> {
+    Some(match suffix {
+        "" => (0, 0),
+        "n" => (-9, 0),
+        "u" => (-6, 0),
+        "m" => (-3, 0),
+        "k" => (3, 0),
+        "M" => (6, 0),
+        "G" => (9, 0),
+        "T" => (12, 0),
+        "P" => (15, 0),
+        "E" => (18, 0),
+        "Ki" => (0, 1),
+        "Mi" => (0, 2),
+        "Gi" => (0, 3),
+        "Ti" => (0, 4),
+        "Pi" => (0, 5),
+        "Ei" => (0, 6),
+        s if s.starts_with(['e', 'E']) => (parse_exponent(&s[1..])?, 0),
+        _ => return None,
+    })
 }
 
 /// A decimal exponent: an optionally signed integer of at most 3 digits.

@@ -88,6 +88,17 @@ pub struct InheritedPod {
     pub excluded_secrets: Vec<String>,
 }
 
+/// The pod's labels without per-revision ones, which select every Paperclip pod across rollouts.
+fn selector_labels(pod: &Pod) -> BTreeMap<String, String> {
+    pod.metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Which Secrets the pod's annotations let through.
 struct SecretFilter {
     allow: Option<Vec<String>>,
@@ -162,16 +173,8 @@ impl InheritedPod {
         let withheld_env = withheld_env(pod);
         let env = inherited_env(container, &withheld_env, &filter, &mut excluded);
         let env_from = inherited_env_from(container, &filter, &mut excluded);
-        let labels = pod
-            .metadata
-            .labels
-            .iter()
-            .flatten()
-            .filter(|(k, _)| !REVISION_LABELS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         Ok(InheritedPod {
-            labels,
+            labels: selector_labels(pod),
             excluded_secrets: excluded.0,
             namespace: pod.metadata.namespace.clone(),
             container_name: container.name.clone(),

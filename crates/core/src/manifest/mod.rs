@@ -308,12 +308,8 @@ pub fn render(
     let opencode_config = opencode_config_content(inherited, config, &mut warnings);
     let data = secret_data(req, &resume, inherited, config, opencode_config.as_ref())?;
     let env = build_env(req, inherited, config, &name, &home, opencode_config);
-    let container_security = container_security(config);
     let (storage, not_inherited) = match inherited {
-        Some(pod) => (
-            claim_storage(pod, config, cwd, &home, &image, &container_security)?,
-            Vec::new(),
-        ),
+        Some(pod) => (claim_storage(pod, config, cwd, &home, &image)?, Vec::new()),
         None => (
             Storage::scratch(),
             not_inherited_without_pod(config, namespace.is_none()),
@@ -325,22 +321,7 @@ pub fn render(
         mut mounts,
     } = storage;
     add_run_volumes(&name, config, &mut volumes, &mut mounts);
-    let container = Container {
-        name: CONTAINER_NAME.into(),
-        image: Some(image),
-        image_pull_policy: Some(config.image_pull_policy.as_str().into()),
-        command: Some(agent_command()),
-        args: Some(agent_args(config, &resume)),
-        working_dir: cwd.map(str::to_owned),
-        env: Some(env),
-        env_from: inherited
-            .map(|p| p.env_from.clone())
-            .filter(|e| !e.is_empty()),
-        resources: Some(resources(config)),
-        volume_mounts: Some(mounts),
-        security_context: Some(container_security),
-        ..Default::default()
-    };
+    let container = agent_container(image, config, &resume, cwd, inherited, env, mounts);
     let pod_spec = pod_spec(config, inherited, container, init_containers, volumes);
     let meta = ObjectMeta {
         name: Some(name.clone()),
@@ -350,13 +331,7 @@ pub fn render(
         ..Default::default()
     };
     let job = job(meta.clone(), labels, annotations, pod_spec, config);
-    let secret = Secret {
-        metadata: meta,
-        type_: Some("Opaque".into()),
-        immutable: Some(true),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
-        ..Default::default()
-    };
+    let secret = run_secret(meta, data);
     let network_policy = config
         .network_policy
         .then(|| network::network_policy(&name, namespace.as_deref(), &job, inherited, config));
@@ -369,6 +344,46 @@ pub fn render(
         inherited: inherited.map(InheritedPod::summary).unwrap_or_default(),
         network_policy,
     })
+}
+
+/// The agent container: OpenCode under a signal-forwarding `sh` ([`agent_command`]), with the
+/// run's env and mounts, locked down by [`container_security`].
+fn agent_container(
+    image: String,
+    config: &AgentConfig,
+    resume: &ResumeDecision,
+    cwd: Option<&str>,
+    inherited: Option<&InheritedPod>,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image),
+        image_pull_policy: Some(config.image_pull_policy.as_str().into()),
+        command: Some(agent_command()),
+        args: Some(agent_args(config, resume)),
+        working_dir: cwd.map(str::to_owned),
+        env: Some(env),
+        env_from: inherited
+            .map(|p| p.env_from.clone())
+            .filter(|e| !e.is_empty()),
+        resources: Some(resources(config)),
+        volume_mounts: Some(mounts),
+        security_context: Some(container_security(config)),
+        ..Default::default()
+    }
+}
+
+/// The per-run Secret: immutable, named and labelled like the Job, holding `data`.
+fn run_secret(metadata: ObjectMeta, data: BTreeMap<String, Vec<u8>>) -> Secret {
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        immutable: Some(true),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Default::default()
+    }
 }
 
 /// The labels and annotations of every object of the run.
@@ -538,7 +553,6 @@ fn claim_storage(
     cwd: Option<&str>,
     home: &str,
     image: &str,
-    container_security: &SecurityContext,
 ) -> Result<Storage, ManifestError> {
     let instructions_dir = config
         .instructions_file_path
@@ -557,7 +571,7 @@ fn claim_storage(
             resources: Some(resources(config)),
             security_context: Some(SecurityContext {
                 read_only_root_filesystem: Some(true),
-                ..container_security.clone()
+                ..container_security(config)
             }),
             ..Default::default()
         },
@@ -783,6 +797,9 @@ fn agent_command() -> Vec<String> {
     vec!["sh".into(), "-c".into(), script, "opencode".into()]
 }
 
+/// The agent's env, layered inherited → `PAPERCLIP_*` → config `env` → engine-owned; a later
+/// layer replaces a name in its first position. Secret values are only ever `secretKeyRef`s
+/// into the run's Secret `secret_name`.
 fn build_env(
     req: &RunRequest,
     inherited: Option<&InheritedPod>,
@@ -791,41 +808,8 @@ fn build_env(
     home: &str,
     opencode_config: Option<String>,
 ) -> Vec<EnvVar> {
-    let mut env = EnvList::default();
-    for var in inherited.map(|p| p.env.as_slice()).unwrap_or_default() {
-        if secret_literal(var).is_some() {
-            env.secret_ref(
-                &var.name,
-                secret_name,
-                &format!("{INHERITED_KEY_PREFIX}{}", var.name),
-            );
-        } else {
-            env.set(var.clone());
-        }
-    }
-    // The Paperclip pod's own key must never reach an agent; the run's key is set below.
-    env.remove(API_KEY_KEY);
-    // `envFrom` cannot drop single keys: an explicit empty value masks a withheld one.
-    if let Some(pod) = inherited.filter(|p| !p.env_from.is_empty()) {
-        for name in &pod.withheld_env {
-            env.literal(name, "");
-        }
-    }
-    let inherited_api_url = inherited.is_some_and(|p| p.env_value("PAPERCLIP_API_URL").is_some());
-    for (name, value) in &req.paperclip_env {
-        let keep = match name.as_str() {
-            // The host computes a localhost URL that is unreachable from a pod; the Paperclip
-            // pod's own value is the one that works from inside the cluster.
-            "PAPERCLIP_API_URL" => !inherited_api_url,
-            // HOME, OPENCODE_DB, the API key...: set below, or only through the Secret.
-            _ => !crate::config::ENGINE_OWNED_ENV
-                .iter()
-                .any(|(n, _)| n == name),
-        };
-        if keep {
-            env.literal(name, value.clone());
-        }
-    }
+    let mut env = inherited_env(inherited, secret_name);
+    add_paperclip_env(&mut env, req, inherited);
     for name in config.env.keys() {
         env.secret_ref(name, secret_name, &format!("{ENV_KEY_PREFIX}{name}"));
     }
@@ -849,6 +833,52 @@ fn build_env(
     env.0
 }
 
+/// The Paperclip container's env as the agent gets it: secret-looking literals moved into the
+/// run's Secret, the server's API key dropped, withheld names masked.
+fn inherited_env(inherited: Option<&InheritedPod>, secret_name: &str) -> EnvList {
+    let mut env = EnvList::default();
+    for var in inherited.map(|p| p.env.as_slice()).unwrap_or_default() {
+        if secret_literal(var).is_some() {
+            env.secret_ref(
+                &var.name,
+                secret_name,
+                &format!("{INHERITED_KEY_PREFIX}{}", var.name),
+            );
+        } else {
+            env.set(var.clone());
+        }
+    }
+    // The Paperclip pod's own key must never reach an agent; the run's key is set later.
+    env.remove(API_KEY_KEY);
+    // `envFrom` cannot drop single keys: an explicit empty value masks a withheld one.
+    if let Some(pod) = inherited.filter(|p| !p.env_from.is_empty()) {
+        for name in &pod.withheld_env {
+            env.literal(name, "");
+        }
+    }
+    env
+}
+
+/// The host's `PAPERCLIP_*` variables, but for those the engine owns or the pod knows better.
+fn add_paperclip_env(env: &mut EnvList, req: &RunRequest, inherited: Option<&InheritedPod>) {
+    let inherited_api_url = inherited.is_some_and(|p| p.env_value("PAPERCLIP_API_URL").is_some());
+    for (name, value) in &req.paperclip_env {
+        let keep = match name.as_str() {
+            // The host computes a localhost URL that is unreachable from a pod; the Paperclip
+            // pod's own value is the one that works from inside the cluster.
+            "PAPERCLIP_API_URL" => !inherited_api_url,
+            // HOME, OPENCODE_DB, the API key...: set later, or only through the Secret.
+            _ => !crate::config::ENGINE_OWNED_ENV
+                .iter()
+                .any(|(n, _)| n == name),
+        };
+        if keep {
+            env.literal(name, value.clone());
+        }
+    }
+}
+
+/// The requests and limits of the config, for the agent and its init container alike.
 fn resources(config: &AgentConfig) -> ResourceRequirements {
     let amounts = |a: &crate::config::ResourceAmounts| {
         BTreeMap::from([

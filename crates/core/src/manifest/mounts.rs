@@ -98,6 +98,29 @@ pub(super) fn claim_mounts(
         Some(base) => format!("{base}/{rel}"),
         None => rel,
     };
+    let mounts = pieces(cwd, home, instructions_dir)
+        .into_iter()
+        .filter_map(|piece| {
+            let rel = below_mount(&piece.path)?;
+            Some(VolumeMount {
+                name: claim.name.clone(),
+                mount_path: piece.path,
+                sub_path: Some(sub_path(rel)),
+                read_only: piece.read_only.then_some(true),
+                ..Default::default()
+            })
+        })
+        .collect();
+    Ok(ClaimMounts {
+        volume: claim.clone(),
+        mounts,
+        init: init_container(&claim.name, base, cwd, home, init_template),
+    })
+}
+
+/// The pieces of the claim on it (below `/paperclip`), parents first; none inside a piece
+/// already mounted read-write.
+fn pieces(cwd: Option<&str>, home: &str, instructions_dir: Option<&str>) -> Vec<Piece> {
     let mut pieces: Vec<Piece> = Vec::new();
     for (path, read_only) in [(cwd, false), (Some(home), false), (instructions_dir, true)] {
         let Some(path) = path.and_then(|p| below_mount(p).map(|_| p.trim_end_matches('/'))) else {
@@ -117,19 +140,18 @@ pub(super) fn claim_mounts(
     }
     // Parents first, so a nested mount lands inside its parent's.
     pieces.sort_by_key(|p| Path::new(&p.path).components().count());
-    let mounts = pieces
-        .into_iter()
-        .filter_map(|piece| {
-            let rel = below_mount(&piece.path)?;
-            Some(VolumeMount {
-                name: claim.name.clone(),
-                mount_path: piece.path,
-                sub_path: Some(sub_path(rel)),
-                read_only: piece.read_only.then_some(true),
-                ..Default::default()
-            })
-        })
-        .collect();
+    pieces
+}
+
+/// The init container creating `home` (and `cwd`) as the agent's user, with the claim `volume`
+/// mounted the way the Paperclip pod mounts it (`base` is its subPath).
+fn init_container(
+    volume: &str,
+    base: Option<&str>,
+    cwd: Option<&str>,
+    home: &str,
+    template: Container,
+) -> Container {
     // The working directory normally exists (Paperclip realizes the workspace first); if not,
     // it is created here too rather than by the kubelet as root.
     let mut command: Vec<String> = ["mkdir", "-p", "-m", "700", "--", home]
@@ -137,22 +159,17 @@ pub(super) fn claim_mounts(
         .map(str::to_owned)
         .collect();
     command.extend(cwd.map(|c| c.trim_end_matches('/').to_owned()));
-    let init = Container {
+    Container {
         name: HOME_INIT_CONTAINER.into(),
         command: Some(command),
         volume_mounts: Some(vec![VolumeMount {
-            name: claim.name.clone(),
+            name: volume.to_owned(),
             mount_path: WORKSPACE_MOUNT.into(),
             sub_path: base.map(str::to_owned),
             ..Default::default()
         }]),
-        ..init_template
-    };
-    Ok(ClaimMounts {
-        volume: claim.clone(),
-        mounts,
-        init,
-    })
+        ..template
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{InheritedPod, RUN_ID_KEY};
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, EgressRule};
 
 /// Label the API server sets on every namespace to its name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -39,47 +39,16 @@ pub(super) fn network_policy(
         .and_then(|l| l.get(RUN_ID_KEY))
         .cloned()
         .unwrap_or_default();
-    let port = |protocol: &str, port: Option<u16>| NetworkPolicyPort {
-        protocol: Some(protocol.into()),
-        port: port.map(|p| IntOrString::Int(i32::from(p))),
-        end_port: None,
-    };
     let mut egress = vec![NetworkPolicyEgressRule {
         to: None,
-        ports: Some(vec![port("UDP", Some(53)), port("TCP", Some(53))]),
+        ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
     }];
-    if let Some(pod) = inherited.filter(|p| !p.labels.is_empty()) {
-        egress.push(NetworkPolicyEgressRule {
-            to: Some(vec![NetworkPolicyPeer {
-                pod_selector: Some(LabelSelector {
-                    match_labels: Some(pod.labels.clone()),
-                    match_expressions: None,
-                }),
-                namespace_selector: pod.namespace.as_ref().map(|ns| LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        NAMESPACE_NAME_LABEL.to_owned(),
-                        ns.clone(),
-                    )])),
-                    match_expressions: None,
-                }),
-                ip_block: None,
-            }]),
-            ports: None,
-        });
-    }
-    for rule in &config.network_policy_egress {
-        egress.push(NetworkPolicyEgressRule {
-            to: Some(vec![NetworkPolicyPeer {
-                ip_block: Some(IPBlock {
-                    cidr: rule.cidr.clone(),
-                    except: None,
-                }),
-                ..Default::default()
-            }]),
-            ports: (!rule.ports.is_empty())
-                .then(|| rule.ports.iter().map(|p| port("TCP", Some(*p))).collect()),
-        });
-    }
+    egress.extend(
+        inherited
+            .filter(|p| !p.labels.is_empty())
+            .map(paperclip_rule),
+    );
+    egress.extend(config.network_policy_egress.iter().map(cidr_rule));
     NetworkPolicy {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -96,5 +65,51 @@ pub(super) fn network_policy(
             egress: Some(egress),
             ingress: None,
         }),
+    }
+}
+
+/// One destination port.
+fn port(protocol: &str, port: u16) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some(protocol.into()),
+        port: Some(IntOrString::Int(i32::from(port))),
+        end_port: None,
+    }
+}
+
+/// Egress to the Paperclip pods, on any port: selected by the Paperclip pod's own labels, in
+/// its namespace.
+fn paperclip_rule(pod: &InheritedPod) -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(pod.labels.clone()),
+                match_expressions: None,
+            }),
+            namespace_selector: pod.namespace.as_ref().map(|ns| LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    NAMESPACE_NAME_LABEL.to_owned(),
+                    ns.clone(),
+                )])),
+                match_expressions: None,
+            }),
+            ip_block: None,
+        }]),
+        ports: None,
+    }
+}
+
+/// Egress to one operator-given CIDR, on its TCP ports (every port when it lists none).
+fn cidr_rule(rule: &EgressRule) -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: rule.cidr.clone(),
+                except: None,
+            }),
+            ..Default::default()
+        }]),
+        ports: (!rule.ports.is_empty())
+            .then(|| rule.ports.iter().map(|p| port("TCP", *p)).collect()),
     }
 }

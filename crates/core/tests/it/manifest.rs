@@ -884,24 +884,14 @@ async fn from_inside_an_agent_pod_only_its_own_work_is_visible() {
 /// operator did not allow, fail with `config_invalid` and leave nothing in the cluster.
 #[tokio::test]
 async fn refused_runs_create_nothing() {
-    use crate::lifecycle::{Collect, Harness, NS, request};
+    use crate::lifecycle::{Harness, request, run_error};
     use opencode_k8s_core::lifecycle::Bounds;
-    use opencode_k8s_testkit::Resource;
-    use tokio_util::sync::CancellationToken;
 
     let h = Harness::start().await;
     let engine = h.engine(Bounds::default());
     let mut off_claim = request("run-off-claim", "agent-1");
     off_claim.cwd = Some("/srv/elsewhere".into());
-    let err = engine
-        .run(
-            off_claim,
-            &h.config(json!({})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = run_error(&engine, off_claim, &h.config(json!({}))).await;
     assert_eq!(err.code, ErrorCode::ConfigInvalid);
     assert!(err.message.contains("/srv/elsewhere"), "{}", err.message);
 
@@ -909,15 +899,7 @@ async fn refused_runs_create_nothing() {
     let mut by_path = h.config(json!({}));
     by_path.kubeconfig_content = None;
     by_path.kubeconfig = Some(h.cluster.kubeconfig_path().display().to_string());
-    let err = engine
-        .run(
-            request("run-by-path", "agent-1"),
-            &by_path,
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = run_error(&engine, request("run-by-path", "agent-1"), &by_path).await;
     assert_eq!(err.code, ErrorCode::ConfigInvalid);
     assert!(
         err.message.contains("OPENCODE_K8S_KUBECONFIG_DIR"),
@@ -926,10 +908,5 @@ async fn refused_runs_create_nothing() {
     );
 
     assert!(h.jobs().is_empty());
-    assert!(
-        h.cluster
-            .list_json(Resource::Secrets, Some(NS))
-            .iter()
-            .all(|s| s["metadata"]["name"] == "paperclip-secrets")
-    );
+    assert!(h.only_seeded_secrets());
 }

@@ -8,13 +8,11 @@
 
 mod runs;
 
-use std::os::unix::fs::PermissionsExt;
-
 use opencode_k8s_core::config::AgentConfig;
 use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, RunResult, SelfPod};
 use opencode_k8s_core::manifest::RunRequest;
 use opencode_k8s_testkit::llm::{self, Behaviour};
-use opencode_k8s_testkit::{Cluster, ClusterOptions, FakeLlm};
+use opencode_k8s_testkit::{AgentBin, Cluster, FakeLlm};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +23,7 @@ use crate::lifecycle::{Collect, NS};
 pub(crate) struct E2e {
     pub(crate) cluster: Cluster,
     pub(crate) llm: FakeLlm,
-    bin: tempfile::TempDir,
+    bin: AgentBin,
     engine: Engine,
 }
 
@@ -34,16 +32,11 @@ impl E2e {
     /// when it is missing otherwise.
     pub(crate) async fn start(test: &str) -> Option<E2e> {
         let opencode = opencode_or_skip(test)?;
-        let cluster = Cluster::start(ClusterOptions::default())
+        let cluster = Cluster::start_with_paperclip_pod(NS)
             .await
             .expect("cluster starts");
-        cluster.seed_paperclip_pod(NS).expect("seed");
         let llm = FakeLlm::start().await.expect("fake LLM starts");
-        let bin = tempfile::Builder::new()
-            .prefix("real-opencode-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = AgentBin::new("real-opencode-").unwrap();
         llm::stage_opencode(&opencode, bin.path()).expect("stage the opencode binary");
         let engine = Engine::new(EngineOptions {
             self_pod: SelfPod::Named {
@@ -68,7 +61,7 @@ impl E2e {
             "namespace": NS,
             "timeoutSec": "120",
             "env": {
-                "PATH": format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.path().display()),
+                "PATH": self.bin.path_env(),
                 "OPENCODE_CONFIG_CONTENT": self.llm.opencode_config().to_string(),
                 // Offline: no ~4 s timeout fetching models.dev per run (the fake provider is declared).
                 "OPENCODE_DISABLE_MODELS_FETCH": "true",

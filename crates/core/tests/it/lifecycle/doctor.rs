@@ -43,16 +43,32 @@ fn check<'a>(report: &'a DoctorReport, name: &str) -> &'a opencode_k8s_core::lif
         .unwrap_or_else(|| panic!("no check {name}: {report:#?}"))
 }
 
-#[tokio::test]
-async fn an_admin_with_a_seeded_paperclip_pod_passes_every_check() {
-    let h = Harness::start().await;
-    let report = doctor(&target(&h), &paperclip()).await;
+/// Every check of `report` passed.
+fn assert_all_passed(report: &DoctorReport) {
     let not_passed: Vec<_> = report
         .checks
         .iter()
         .filter(|c| c.status != CheckStatus::Pass)
         .collect();
     assert!(not_passed.is_empty(), "{not_passed:#?}");
+}
+
+/// The check `name` failed, its detail saying `detail`; what it says to do.
+fn failed<'a>(report: &'a DoctorReport, name: &str, detail: &str) -> &'a str {
+    let check = check(report, name);
+    assert_eq!(check.status, CheckStatus::Fail, "{check:#?}");
+    assert!(check.detail.contains(detail), "{check:#?}");
+    check
+        .fix
+        .as_deref()
+        .expect("a failed check says what to do")
+}
+
+#[tokio::test]
+async fn an_admin_with_a_seeded_paperclip_pod_passes_every_check() {
+    let h = Harness::start().await;
+    let report = doctor(&target(&h), &paperclip()).await;
+    assert_all_passed(&report);
     assert!(!report.failed());
     assert_eq!(report.namespace.as_deref(), Some(NS));
     let rbac_rows = report
@@ -148,25 +164,12 @@ async fn a_claim_that_is_not_read_write_many_and_a_missing_secret_fail_with_the_
         name: "paperclip-rwo".into(),
     };
     let report = doctor(&target(&h), &pod).await;
-    let volume = check(&report, "shared volume");
-    assert_eq!(volume.status, CheckStatus::Fail);
-    assert!(volume.detail.contains("ReadWriteOnce"), "{volume:#?}");
+    let fix = failed(&report, "shared volume", "ReadWriteOnce");
+    assert!(fix.contains("spec.accessModes: [ReadWriteMany]"), "{fix}");
+    let fix = failed(&report, "secret regcred", "imagePullSecrets");
     assert!(
-        volume
-            .fix
-            .as_deref()
-            .unwrap()
-            .contains("spec.accessModes: [ReadWriteMany]")
-    );
-    let secret = check(&report, "secret regcred");
-    assert_eq!(secret.status, CheckStatus::Fail);
-    assert!(secret.detail.contains("imagePullSecrets"), "{secret:#?}");
-    assert!(
-        secret
-            .fix
-            .as_deref()
-            .unwrap()
-            .starts_with("create Secret regcred in namespace paperclip")
+        fix.starts_with("create Secret regcred in namespace paperclip"),
+        "{fix}"
     );
 }
 
@@ -200,12 +203,7 @@ async fn exactly_the_rules_of_the_table_are_enough_to_run() {
         .collect();
     h.cluster.add_user("table-token", "paperclip-sa", granted);
     let report = doctor(&as_user(&h, "table-token"), &paperclip()).await;
-    let not_passed: Vec<_> = report
-        .checks
-        .iter()
-        .filter(|c| c.status != CheckStatus::Pass)
-        .collect();
-    assert!(not_passed.is_empty(), "{not_passed:#?}");
+    assert_all_passed(&report);
 
     let admin = std::fs::read_to_string(h.cluster.kubeconfig_path()).unwrap();
     let kubeconfig = admin.replace(h.cluster.admin_token(), "table-token");

@@ -11,7 +11,7 @@ use opencode_k8s_testkit::{LogCut, Verb};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Collect, Harness, request};
+use super::{Collect, Harness, request, succeeded};
 
 /// A fake that writes `lines` numbered lines, pausing briefly every 20, and the text the process
 /// wrote, for comparison. (One stream only: across stdout and stderr, Kubernetes — and testkit —
@@ -93,13 +93,7 @@ async fn api_errors_and_dropped_watches_give_the_right_result_not_a_timeout() {
         }
     };
     let (result, ()) = tokio::join!(run, chaos);
-    let result = result.unwrap();
-    assert_eq!(
-        result.status,
-        RunStatus::Succeeded,
-        "{result:?}\n{:?}",
-        sink.lines()
-    );
+    let result = succeeded(result, &sink);
     assert!(!result.timed_out);
     assert_eq!(sink.output(), expected);
 }
@@ -222,15 +216,7 @@ async fn following_a_pod_from_outside_a_run_is_exactly_once_through_cuts() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(h.cluster.kubeconfig_path()).unwrap(),
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let client = h.client().await;
         let sink = Collect::default();
         follow_pod_output(&client, super::NS, &pod, &sink, &CancellationToken::new())
             .await

@@ -11,7 +11,6 @@ mod restarts;
 mod runs;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,9 +18,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use opencode_k8s_core::config::AgentConfig;
 use opencode_k8s_core::event::{RunEvent, RunSink};
-use opencode_k8s_core::lifecycle::{Bounds, Engine, EngineOptions, RunResult, SelfPod};
+use opencode_k8s_core::lifecycle::{
+    Bounds, Engine, EngineOptions, RunError, RunResult, RunStatus, SelfPod,
+};
 use opencode_k8s_core::manifest::{RunRequest, SessionResume};
-use opencode_k8s_testkit::{Cluster, ClusterOptions, Resource};
+use opencode_k8s_testkit::{AgentBin, Cluster, Resource};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -31,21 +32,31 @@ pub(crate) const NS: &str = "paperclip";
 /// that inherits from that pod.
 pub(crate) struct Harness {
     pub(crate) cluster: Cluster,
-    bin: tempfile::TempDir,
+    bin: AgentBin,
 }
 
 impl Harness {
     pub(crate) async fn start() -> Harness {
-        let cluster = Cluster::start(ClusterOptions::default())
+        let cluster = Cluster::start_with_paperclip_pod(NS)
             .await
             .expect("cluster starts");
-        cluster.seed_paperclip_pod(NS).expect("seed");
-        let bin = tempfile::Builder::new()
-            .prefix("fake-opencode-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Harness { cluster, bin }
+        Harness {
+            cluster,
+            bin: AgentBin::new("fake-opencode-").unwrap(),
+        }
+    }
+
+    /// A client of the cluster's admin, for a test acting beside the engine.
+    pub(crate) async fn client(&self) -> kube::Client {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(self.cluster.kubeconfig_path()).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        kube::Client::try_from(config).unwrap()
     }
 
     pub(crate) fn engine(&self, bounds: Bounds) -> Engine {
@@ -61,17 +72,12 @@ impl Harness {
     /// Install the fake `opencode`: a POSIX shell script body; `$@` holds OpenCode's arguments
     /// after `opencode`, the prompt is on stdin.
     pub(crate) fn opencode(&self, body: &str) {
-        let path = self.bin.path().join("opencode");
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.bin.fake_opencode(body).unwrap();
     }
 
     /// Write a data file next to the fake, readable by the pod's user; returns its path.
     pub(crate) fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let path = self.bin.path().join(name);
-        std::fs::write(&path, contents).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        path
+        self.bin.file(name, contents).unwrap()
     }
 
     pub(crate) fn config(&self, extra: Value) -> AgentConfig {
@@ -79,7 +85,7 @@ impl Harness {
             "model": "fake/fake-model",
             "kubeconfigContent": std::fs::read_to_string(self.cluster.kubeconfig_path()).unwrap(),
             "namespace": NS,
-            "env": {"PATH": format!("{}:/usr/local/bin:/usr/bin:/bin", self.bin.path().display())},
+            "env": {"PATH": self.bin.path_env()},
             "ttlSecondsAfterFinished": "300",
         });
         merge(&mut config, extra);
@@ -122,6 +128,14 @@ impl Harness {
             .unwrap_or_else(|err| panic!("{what}: {err}"));
     }
 
+    /// Whether no Secret of a run is left: only the seeded `paperclip-secrets` is there.
+    pub(crate) fn only_seeded_secrets(&self) -> bool {
+        self.cluster
+            .list_json(Resource::Secrets, Some(NS))
+            .iter()
+            .all(|s| s["metadata"]["name"] == "paperclip-secrets")
+    }
+
     pub(crate) fn jobs(&self) -> Vec<Value> {
         self.cluster
             .list_json(opencode_k8s_testkit::Resource::Jobs, Some(NS))
@@ -134,6 +148,36 @@ fn merge(into: &mut Value, from: Value) {
             into.insert(key, value);
         }
     }
+}
+
+/// The result of a run logged in `sink`, which must have succeeded; panics with the result and
+/// the run log otherwise.
+pub(crate) fn succeeded(result: Result<RunResult, RunError>, sink: &Collect) -> RunResult {
+    let result = result.unwrap();
+    assert_eq!(
+        result.status,
+        RunStatus::Succeeded,
+        "{result:?}\n{:?}",
+        sink.lines()
+    );
+    result
+}
+
+/// One run of `engine` with `config` that must fail without reaching an outcome; its error.
+pub(crate) async fn run_error(
+    engine: &Engine,
+    request: RunRequest,
+    config: &AgentConfig,
+) -> RunError {
+    engine
+        .run(
+            request,
+            config,
+            &Collect::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("the run fails without an outcome")
 }
 
 pub(crate) fn request(run_id: &str, agent_id: &str) -> RunRequest {

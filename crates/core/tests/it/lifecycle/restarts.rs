@@ -7,11 +7,11 @@ use std::time::Duration;
 use opencode_k8s_core::error_code::ErrorCode;
 use opencode_k8s_core::lifecycle::{Bounds, Engine, RunStatus};
 use opencode_k8s_core::parse::OutputParser;
-use opencode_k8s_testkit::{Resource, Verb};
+use opencode_k8s_testkit::{Resource, TIMELINE, TIMELINE_AGENT, Verb, assert_each_ran_alone};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Collect, Harness, NS, fixture, request};
+use super::{Collect, Harness, NS, fixture, request, succeeded};
 
 const SESSION: &str = "ses_de2d87857ffeYcorR0xMgtIWlV";
 
@@ -180,17 +180,10 @@ async fn cancelling_a_run_that_adopted_an_orphan_ends_the_orphan() {
     );
 }
 
-/// A fake that records when it ran in a file on the shared volume.
-fn timed(h: &Harness) {
-    h.opencode(
-        "cat > /dev/null\necho \"start $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\nsleep 1\necho \"end $PAPERCLIP_RUN_ID\" >> /paperclip/workspaces/project/timeline\necho done",
-    );
-}
-
 #[tokio::test]
 async fn two_engines_racing_for_one_agent_run_one_job_at_a_time() {
     let h = Harness::start().await;
-    timed(&h);
+    h.opencode(TIMELINE_AGENT);
     let (a, b): (Engine, Engine) = (h.engine(bounds()), h.engine(bounds()));
     let config = h.config(json!({}));
     let sinks: Vec<Collect> = (0..4).map(|_| Collect::default()).collect();
@@ -208,30 +201,11 @@ async fn two_engines_racing_for_one_agent_run_one_job_at_a_time() {
         .await
         .expect("all four runs end");
     for (result, sink) in results.into_iter().zip(&sinks) {
-        let result = result.unwrap();
-        assert_eq!(
-            result.status,
-            RunStatus::Succeeded,
-            "{result:?}\n{:?}",
-            sink.lines()
-        );
+        succeeded(result, sink);
     }
-    let timeline = std::fs::read_to_string(
-        h.cluster
-            .pvc_path(NS, "paperclip-data")
-            .join("workspaces/project/timeline"),
-    )
-    .unwrap();
-    let marks: Vec<&str> = timeline.lines().collect();
-    assert_eq!(marks.len(), 8, "{timeline}");
-    for pair in marks.chunks(2) {
-        let run = pair[0].strip_prefix("start ").expect(&timeline);
-        assert_eq!(
-            pair[1],
-            format!("end {run}"),
-            "each Job ran alone:\n{timeline}"
-        );
-    }
+    let timeline =
+        std::fs::read_to_string(h.cluster.pvc_path(NS, "paperclip-data").join(TIMELINE)).unwrap();
+    assert_each_ran_alone(&timeline, 4);
     let counts = h.cluster.requests();
     assert_eq!(counts.get(Verb::Create, "jobs"), 4, "{counts:?}");
     assert_eq!(
@@ -332,15 +306,7 @@ async fn a_holder_whose_lease_was_taken_over_stops_following_and_leaves_the_job(
         while !sink.output().contains("orphan line") {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(h.cluster.kubeconfig_path()).unwrap(),
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let client = h.client().await;
         let leases: kube::Api<Lease> = kube::Api::namespaced(client, NS);
         let name = opencode_k8s_core::manifest::agent_lease_name("agent-1");
         // Another process took the Lease while this one stalled (no renewal reached it).

@@ -8,7 +8,7 @@ use opencode_k8s_testkit::Resource;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{Collect, Harness, NS, fixture, request, resume};
+use super::{Collect, Harness, NS, fixture, request, resume, run_error};
 
 const SESSION: &str = "ses_de2d87857ffeYcorR0xMgtIWlV";
 
@@ -366,25 +366,18 @@ async fn a_secret_that_cannot_be_owned_takes_its_job_back() {
     h.cluster
         .faults()
         .fail_next(opencode_k8s_testkit::Verb::Patch, "secrets", 20, 500);
-    let err = h
-        .engine(Bounds::default())
-        .run(
-            request("run-unowned", "agent-1"),
-            &h.config(json!({})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = run_error(
+        &h.engine(Bounds::default()),
+        request("run-unowned", "agent-1"),
+        &h.config(json!({})),
+    )
+    .await;
     assert_eq!(err.code, ErrorCode::K8sJobCreateFailed, "{err}");
     let name = opencode_k8s_core::manifest::object_name(Some("Fake Agent"), "run-unowned", 1);
     h.wait_gone(Resource::Jobs, &name, "no Job is left running unfollowed")
         .await;
     assert!(
-        h.cluster
-            .list_json(Resource::Secrets, Some(NS))
-            .iter()
-            .all(|s| s["metadata"]["name"] == "paperclip-secrets"),
+        h.only_seeded_secrets(),
         "no Secret with the prompt and token is left behind"
     );
 }
@@ -394,24 +387,10 @@ async fn a_prompt_too_large_creates_nothing() {
     let h = Harness::start().await;
     let mut req = request("run-huge", "agent-1");
     req.prompt = "x".repeat(2_000_000);
-    let err = h
-        .engine(Bounds::default())
-        .run(
-            req,
-            &h.config(json!({})),
-            &Collect::default(),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let err = run_error(&h.engine(Bounds::default()), req, &h.config(json!({}))).await;
     assert_eq!(err.code, ErrorCode::PromptTooLarge);
     assert!(h.jobs().is_empty());
-    assert!(
-        h.cluster
-            .list_json(Resource::Secrets, Some(NS))
-            .iter()
-            .all(|s| s["metadata"]["name"] == "paperclip-secrets")
-    );
+    assert!(h.only_seeded_secrets());
 }
 
 #[tokio::test]
