@@ -10,6 +10,8 @@
 
 pub mod cluster;
 mod doctor;
+#[cfg(test)]
+mod fixtures;
 mod gc;
 mod guard;
 mod informer;
