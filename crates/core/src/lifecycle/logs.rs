@@ -35,8 +35,7 @@ use tokio::sync::{mpsc, watch};
 use futures::StreamExt;
 use kube::runtime::{WatchStreamExt, watcher};
 
-use super::result::RunError;
-use crate::error_code::ErrorCode;
+use super::error::{OutputError, RunError};
 use crate::event::{RunEvent, RunSink};
 use crate::manifest::CONTAINER_NAME;
 use tokio_util::sync::CancellationToken;
@@ -410,21 +409,11 @@ pub(crate) enum LogError {
 }
 
 impl LogError {
-    /// The run's error for it: `k8s_forbidden` for a 401/403, else `k8s_api_unreachable`.
-    pub(crate) fn to_run_error(&self) -> RunError {
+    /// The run's error for it, with the last refusal as its source: `k8s_forbidden` for a
+    /// 401/403, else `k8s_api_unreachable`.
+    pub(crate) fn into_output_error(self) -> OutputError {
         let Self::Refused { pod, secs, source } = self;
-        let what = format!("read the output of pod {pod} (refused for {secs} s)");
-        let error = RunError::api(ErrorCode::K8sApiUnreachable, &what, source);
-        match source {
-            kube::Error::Api(status) if status.code == 401 => RunError::new(
-                ErrorCode::K8sForbidden,
-                format!(
-                    "failed to {what}: {} (401); check the engine's credentials",
-                    status.message
-                ),
-            ),
-            _ => error,
-        }
+        OutputError::Refused { pod, secs, source }
     }
 }
 
@@ -638,7 +627,9 @@ pub async fn follow_pod_output(
         })
         .await;
     }
-    finished.map(drop).map_err(|err| err.to_run_error())
+    finished
+        .map(drop)
+        .map_err(|err| err.into_output_error().into())
 }
 
 enum ReadFailure {

@@ -1,4 +1,5 @@
-//! What a run returns: the outcome Paperclip records, or why the run could not happen.
+//! What a run returns: the outcome Paperclip records, judged from what its attempts produced.
+//! Why a run could not happen at all is [`RunError`](super::RunError).
 
 use serde::Serialize;
 
@@ -69,48 +70,6 @@ pub struct RunResult {
     pub job_name: String,
     /// Attempts made: 2 when a stale or hanging resume was retried fresh.
     pub attempts: u32,
-}
-
-/// A run that could not be started or followed. Carries the same stable code as a failed
-/// [`RunResult`] would.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct RunError {
-    /// Stable code.
-    pub code: ErrorCode,
-    /// What failed, naming the object, and what to do.
-    pub message: String,
-}
-
-impl RunError {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// An API error while doing `what`, classified: 403 → `k8s_forbidden` with the rule to add,
-    /// connection failures → `k8s_api_unreachable`, the rest → `fallback`.
-    pub(crate) fn api(fallback: ErrorCode, what: &str, err: &kube::Error) -> Self {
-        match err {
-            kube::Error::Api(status) if status.code == 403 => Self::new(
-                ErrorCode::K8sForbidden,
-                format!(
-                    "failed to {what}: {}; grant the engine's service account the missing rule (`opencode-k8s rbac` prints them all)",
-                    status.message
-                ),
-            ),
-            kube::Error::Api(status) => Self::new(
-                fallback,
-                format!("failed to {what}: {} ({})", status.message, status.code),
-            ),
-            other => Self::new(
-                ErrorCode::K8sApiUnreachable,
-                format!("failed to {what}: {other}; check that the cluster API is reachable"),
-            ),
-        }
-    }
 }
 
 /// A run's status, error code and message.

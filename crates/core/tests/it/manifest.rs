@@ -902,8 +902,8 @@ async fn refused_runs_create_nothing() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::ConfigInvalid);
-    assert!(err.message.contains("/srv/elsewhere"), "{}", err.message);
+    assert_eq!(err.code(), ErrorCode::ConfigInvalid);
+    assert!(err.to_string().contains("/srv/elsewhere"), "{err}");
 
     // The agent config names the cluster's own kubeconfig file: refused, no client is built.
     let mut by_path = h.config(json!({}));
@@ -918,11 +918,10 @@ async fn refused_runs_create_nothing() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::ConfigInvalid);
+    assert_eq!(err.code(), ErrorCode::ConfigInvalid);
     assert!(
-        err.message.contains("OPENCODE_K8S_KUBECONFIG_DIR"),
-        "{}",
-        err.message
+        err.to_string().contains("OPENCODE_K8S_KUBECONFIG_DIR"),
+        "{err}"
     );
 
     assert!(h.jobs().is_empty());

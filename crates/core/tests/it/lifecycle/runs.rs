@@ -376,7 +376,7 @@ async fn a_secret_that_cannot_be_owned_takes_its_job_back() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::K8sJobCreateFailed, "{err}");
+    assert_eq!(err.code(), ErrorCode::K8sJobCreateFailed, "{err}");
     let name = opencode_k8s_core::manifest::object_name(Some("Fake Agent"), "run-unowned", 1);
     h.wait_gone(Resource::Jobs, &name, "no Job is left running unfollowed")
         .await;
@@ -404,7 +404,7 @@ async fn a_prompt_too_large_creates_nothing() {
         )
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::PromptTooLarge);
+    assert_eq!(err.code(), ErrorCode::PromptTooLarge);
     assert!(h.jobs().is_empty());
     assert!(
         h.cluster
