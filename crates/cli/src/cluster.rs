@@ -7,11 +7,10 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::{ClientCache, ClusterSource, RunError, SelfPod};
+use opencode_k8s_core::lifecycle::{ApiError, ClientCache, ClusterSource, SelfPod};
 use serde_json::Value;
 
-use crate::InputError;
+use crate::{CommandError, InputError};
 
 /// `--kubeconfig` and `--namespace`: where the Jobs are, over what an agent config says.
 /// Flattened into `run` and [`ClusterArgs`].
@@ -133,39 +132,15 @@ pub(crate) async fn require_named_pod(
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     match pods.get_opt(name).await {
         Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(RunError {
-            code: ErrorCode::ConfigInvalid,
-            message: format!(
-                "failed to find the Paperclip pod {namespace}/{name} named by --pod: it does not exist; `kubectl -n {namespace} get pods` lists the pods, or pass --no-inherit to run without inheriting"
-            ),
+        Ok(None) => Err(CommandError::NoSuchPod {
+            namespace: namespace.clone(),
+            name: name.clone(),
         }
         .into()),
-        Err(err) => Err(api_error(
-            &format!("read the Paperclip pod {namespace}/{name} named by --pod"),
-            &err,
+        Err(err) => Err(ApiError::new(
+            format!("read the Paperclip pod {namespace}/{name} named by --pod"),
+            err,
         )
         .into()),
     }
-}
-
-/// An API error while doing `what`, with the stable code a run would report for it.
-pub(crate) fn api_error(what: &str, err: &kube::Error) -> RunError {
-    let (code, message) = match err {
-        kube::Error::Api(status) if status.code == 403 => (
-            ErrorCode::K8sForbidden,
-            format!(
-                "failed to {what}: {}; `opencode-k8s doctor` names the rule to add",
-                status.message
-            ),
-        ),
-        kube::Error::Api(status) => (
-            ErrorCode::AdapterInternal,
-            format!("failed to {what}: {} ({})", status.message, status.code),
-        ),
-        other => (
-            ErrorCode::K8sApiUnreachable,
-            format!("failed to {what}: {other}; check that the cluster API is reachable"),
-        ),
-    };
-    RunError { code, message }
 }

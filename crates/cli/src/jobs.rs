@@ -6,12 +6,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::ListParams;
+use opencode_k8s_core::lifecycle::ApiError;
 use opencode_k8s_core::manifest::{
     AGENT_ID_KEY, AGENT_NAME_ANNOTATION, MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY,
 };
 use serde::Serialize;
 
-use crate::cluster::{ClusterArgs, api_error};
+use crate::cluster::ClusterArgs;
 
 /// Options of `jobs`.
 #[derive(Debug, clap::Args)]
@@ -164,7 +165,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let listed = api
         .list(&params)
         .await
-        .map_err(|e| api_error(&format!("list the adapter's Jobs in {where_}"), &e))?;
+        .map_err(|e| ApiError::new(format!("list the adapter's Jobs in {where_}"), e))?;
     let now = Timestamp::now();
     let mut rows: Vec<JobRow> = listed.items.iter().map(|job| row(job, now)).collect();
     rows.sort_by(|a, b| {

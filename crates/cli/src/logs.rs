@@ -10,12 +10,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, LogParams};
 use kube::runtime::wait::await_condition;
-use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::{RunError, follow_pod_output};
+use opencode_k8s_core::lifecycle::{ApiError, follow_pod_output};
 use opencode_k8s_core::manifest::{ATTEMPT_ANNOTATION, CONTAINER_NAME, run_selector};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{ClusterArgs, api_error};
+use crate::CommandError;
+use crate::cluster::ClusterArgs;
 use crate::run::Printer;
 
 /// How long `--follow` waits for a pending pod to start.
@@ -67,15 +67,12 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let mut listed = jobs
         .list(&params)
         .await
-        .map_err(|e| api_error(&format!("list the Jobs of run {}", args.run_id), &e))?
+        .map_err(|e| ApiError::new(format!("list the Jobs of run {}", args.run_id), e))?
         .items;
     if listed.is_empty() {
-        return Err(RunError {
-            code: ErrorCode::ConfigInvalid,
-            message: format!(
-                "failed to find a Job of run {} in namespace {namespace}: Jobs are deleted once their result is read unless `retainJobs` is set (`opencode-k8s jobs` lists what exists)",
-                args.run_id
-            ),
+        return Err(CommandError::NoSuchRun {
+            run_id: args.run_id.clone(),
+            namespace,
         }
         .into());
     }
@@ -93,7 +90,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         let found = pods
             .list(&selector)
             .await
-            .map_err(|e| api_error(&format!("list the pods of Job {namespace}/{name}"), &e))?;
+            .map_err(|e| ApiError::new(format!("list the pods of Job {namespace}/{name}"), e))?;
         let Some(pod) = found
             .items
             .iter()
@@ -141,7 +138,7 @@ async fn wait_for_start(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
     let current = pods
         .get_opt(pod)
         .await
-        .map_err(|e| api_error(&format!("get pod {pod}"), &e))?;
+        .map_err(|e| ApiError::new(format!("get pod {pod}"), e))?;
     if started(current.as_ref()) {
         return Ok(());
     }
@@ -154,12 +151,9 @@ async fn wait_for_start(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(anyhow::Error::new(err).context(format!("failed to watch pod {pod}"))),
-        Err(_) => Err(RunError {
-            code: ErrorCode::K8sPodStartTimeout,
-            message: format!(
-                "pod {pod} did not start within {} s; `kubectl describe pod {pod}` says why",
-                START_WAIT.as_secs()
-            ),
+        Err(_) => Err(CommandError::PodNotStarted {
+            pod: pod.to_owned(),
+            waited: START_WAIT,
         }
         .into()),
     }
@@ -175,7 +169,7 @@ async fn print_log(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
     let mut stream = pods
         .log_stream(pod, &params)
         .await
-        .map_err(|e| api_error(&format!("read the log of pod {pod}"), &e))?;
+        .map_err(|e| ApiError::new(format!("read the log of pod {pod}"), e))?;
     let mut buf = vec![0; 16 * 1024];
     let mut out = std::io::stdout();
     loop {

@@ -22,11 +22,12 @@ mod request;
 mod run;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use opencode_k8s_core::config::ConfigError;
 use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::{ClusterError, RunError};
+use opencode_k8s_core::lifecycle::{ApiError, ClusterError, GcError, RunError};
 use opencode_k8s_core::manifest::ManifestError;
 use tokio_util::sync::CancellationToken;
 
@@ -170,13 +171,53 @@ fn error_code(err: &anyhow::Error) -> ErrorCode {
     } else if let Some(e) = err.downcast_ref::<ManifestError>() {
         e.code()
     } else if let Some(e) = err.downcast_ref::<RunError>() {
-        e.code
+        e.code()
+    } else if let Some(e) = err.downcast_ref::<GcError>() {
+        e.code()
+    } else if let Some(e) = err.downcast_ref::<ApiError>() {
+        e.code()
+    } else if let Some(e) = err.downcast_ref::<CommandError>() {
+        e.code()
     } else if err.downcast_ref::<ClusterError>().is_some() {
         ErrorCode::K8sApiUnreachable
     } else if err.downcast_ref::<InputError>().is_some() {
         ErrorCode::ConfigInvalid
     } else {
         ErrorCode::AdapterInternal
+    }
+}
+
+/// Whether `err`'s message already tells its causes: the engine's errors include the Kubernetes
+/// API's message in their own and keep the `kube::Error` as their source only for programs to
+/// match on, so a printed cause chain ends at them.
+fn tells_its_causes(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.is::<RunError>() || err.is::<GcError>() || err.is::<ApiError>()
+}
+
+/// A cluster command found nothing to work on, or waited in vain.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    /// `--pod` names a pod that does not exist.
+    #[error(
+        "failed to find the Paperclip pod {namespace}/{name} named by --pod: it does not exist; `kubectl -n {namespace} get pods` lists the pods, or pass --no-inherit to run without inheriting"
+    )]
+    NoSuchPod { namespace: String, name: String },
+    /// No Job carries the run id (any more).
+    #[error(
+        "failed to find a Job of run {run_id} in namespace {namespace}: Jobs are deleted once their result is read unless `retainJobs` is set (`opencode-k8s jobs` lists what exists)"
+    )]
+    NoSuchRun { run_id: String, namespace: String },
+    /// The pod to follow did not start in time.
+    #[error("pod {pod} did not start within {} s; `kubectl describe pod {pod}` says why", .waited.as_secs())]
+    PodNotStarted { pod: String, waited: Duration },
+}
+
+impl CommandError {
+    const fn code(&self) -> ErrorCode {
+        match self {
+            Self::NoSuchPod { .. } | Self::NoSuchRun { .. } => ErrorCode::ConfigInvalid,
+            Self::PodNotStarted { .. } => ErrorCode::K8sPodStartTimeout,
+        }
     }
 }
 

@@ -97,7 +97,11 @@ pub(crate) fn result_exit_code(result: &RunResult) -> ExitCode {
 /// README explains that code.
 pub(crate) fn error_text(err: &anyhow::Error, code: ErrorCode) -> String {
     let mut out = format!("error: {err}\n");
-    for cause in err.chain().skip(1) {
+    let told = err
+        .chain()
+        .position(crate::tells_its_causes)
+        .map_or(usize::MAX, |at| at + 1);
+    for cause in err.chain().take(told).skip(1) {
         let _ = writeln!(out, "  caused by: {cause}");
     }
     let _ = writeln!(out, "code: {code}");
@@ -110,7 +114,7 @@ pub(crate) fn error_text(err: &anyhow::Error, code: ErrorCode) -> String {
 
 #[cfg(test)]
 mod tests {
-    use opencode_k8s_core::lifecycle::RunError;
+    use opencode_k8s_core::lifecycle::ApiError;
 
     use super::*;
 
@@ -124,13 +128,22 @@ mod tests {
         code: k8s_api_unreachable
         hint: README.md, Troubleshooting, `k8s_api_unreachable`: what it means, what to check, how to fix it
         ");
-        let run = anyhow::Error::new(RunError {
-            code: ErrorCode::Timeout,
-            message: "the run took longer than timeoutSec".into(),
-        });
-        assert!(
-            error_text(&run, ErrorCode::Timeout)
-                .starts_with("error: the run took longer than timeoutSec\ncode: timeout\nhint: ")
+        let status = serde_json::from_value(serde_json::json!({
+            "code": 403,
+            "reason": "Forbidden",
+            "message": "jobs.batch is forbidden: User \"dev\" cannot list resource \"jobs\""
+        }))
+        .unwrap();
+        let api = ApiError::new(
+            "list the Jobs of run r1",
+            kube::Error::Api(Box::new(status)),
         );
+        let code = api.code();
+        // The API's message is part of the error's own; it is not repeated as a cause.
+        insta::assert_snapshot!(error_text(&anyhow::Error::new(api), code), @r#"
+        error: failed to list the Jobs of run r1: jobs.batch is forbidden: User "dev" cannot list resource "jobs"; `opencode-k8s doctor` names the rule to add
+        code: k8s_forbidden
+        hint: README.md, Troubleshooting, `k8s_forbidden`: what it means, what to check, how to fix it
+        "#);
     }
 }

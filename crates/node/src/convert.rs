@@ -270,8 +270,8 @@ pub struct RunErrorJs {
 impl From<RunError> for RunErrorJs {
     fn from(e: RunError) -> Self {
         RunErrorJs {
-            code: e.code.as_str().to_owned(),
-            message: e.message,
+            code: e.code().as_str().to_owned(),
+            message: e.to_string(),
         }
     }
 }

@@ -79,10 +79,7 @@ impl Engine {
         // comes back through the join handle as a failed outcome.
         let run = async move {
             let sink = JsSink::new(on_event, &request.run_id);
-            let config = AgentConfig::from_json(&config).map_err(|e| RunError {
-                code: e.code(),
-                message: e.to_string(),
-            })?;
+            let config = AgentConfig::from_json(&config).map_err(RunError::from)?;
             let request = request.into();
             match checkpoint {
                 Some(checkpoint) => {

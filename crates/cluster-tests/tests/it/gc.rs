@@ -129,11 +129,11 @@ async fn the_secret_is_garbage_collected_with_its_job() {
     );
     say(&format!(
         "real-cluster tier: secret_gc: Secret collected {collected_in:.2?} after its Job was deleted; run: {:?}",
-        result.as_ref().map(|r| r.error_code).map_err(|e| e.code)
+        result.as_ref().map(|r| r.error_code).map_err(|e| e.code())
     ));
     let code = match &result {
         Ok(result) => result.error_code,
-        Err(err) => Some(err.code),
+        Err(err) => Some(err.code()),
     };
     assert_eq!(
         code,

@@ -53,7 +53,7 @@ impl Outcome {
     pub(crate) fn code(&self) -> Option<ErrorCode> {
         match &self.result {
             Ok(result) => result.error_code,
-            Err(err) => Some(err.code),
+            Err(err) => Some(err.code()),
         }
     }
 
@@ -61,7 +61,7 @@ impl Outcome {
     pub(crate) fn message(&self) -> String {
         match &self.result {
             Ok(result) => result.error_message.clone().unwrap_or_default(),
-            Err(err) => err.message.clone(),
+            Err(err) => err.to_string(),
         }
     }
 

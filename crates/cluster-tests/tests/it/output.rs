@@ -114,7 +114,7 @@ async fn two_api_server_restarts_during_a_long_run_lose_and_repeat_nothing() {
                 "the run ended before the second restart: {:?} (exit {:?}, code {:?}, {:?})",
                 r.status, r.exit_code, r.error_code, r.usage
             ),
-            Err(e) => format!("the run ended before the second restart: {} ({e})", e.code),
+            Err(e) => format!("the run ended before the second restart: {} ({e})", e.code()),
         }),
         away = restarts => away,
     };

@@ -301,18 +301,18 @@ async fn paperclip_pod(client: &kube::Client, self_pod: &SelfPod) -> (Check, Opt
             ),
             None,
         ),
-        Err(err) if err.code == ErrorCode::K8sForbidden => {
+        Err(err) if err.code() == ErrorCode::K8sForbidden => {
             let namespace = self_pod.locate().map(|(ns, _)| ns).unwrap_or_default();
             let fix = find_rule("", "pods", "get").map(|r| rule_fix(r, &namespace));
-            (Check::fail(NAME, err.message, fix), None)
+            (Check::fail(NAME, err.to_string(), fix), None)
         }
-        Err(err) if err.code == ErrorCode::K8sApiUnreachable => {
-            (Check::fail(NAME, err.message, None), None)
+        Err(err) if err.code() == ErrorCode::K8sApiUnreachable => {
+            (Check::fail(NAME, err.to_string(), None), None)
         }
         Err(err) => (
             Check::fail(
                 NAME,
-                err.message,
+                err.to_string(),
                 Some(format!(
                     "in the Paperclip Deployment, mount a ReadWriteMany PersistentVolumeClaim at {WORKSPACE_MOUNT}:\n  volumes:\n  - name: data\n    persistentVolumeClaim: {{claimName: paperclip-data}}\n  containers[paperclip].volumeMounts:\n  - name: data\n    mountPath: {WORKSPACE_MOUNT}"
                 )),

@@ -14,7 +14,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use serde::Serialize;
 
-use super::result::RunError;
+use super::error::{ApiCause, api_code};
 use super::retry::retry;
 use super::status::{JobEnd, job_occupies_agent, job_outcome};
 use crate::error_code::ErrorCode;
@@ -75,6 +75,40 @@ fn finished_at(job: &Job) -> Option<Timestamp> {
         .or_else(|| job.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }
 
+/// `gc` could not list what it sweeps (a deletion that fails is a line of the report instead).
+///
+/// The message includes the API's message and `source()` is the `kube::Error` (see
+/// [`RunError`](super::RunError)).
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// The adapter's Jobs could not be listed.
+    #[error("failed to list the adapter's Jobs in namespace {namespace}: {}", ApiCause::engine(.source))]
+    ListJobs {
+        /// The namespace swept.
+        namespace: String,
+        /// The refusal.
+        #[source]
+        source: kube::Error,
+    },
+    /// The adapter's Secrets could not be listed.
+    #[error("failed to list the adapter's Secrets in namespace {namespace}: {}", ApiCause::engine(.source))]
+    ListSecrets {
+        /// The namespace swept.
+        namespace: String,
+        /// The refusal.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl GcError {
+    /// `k8s_forbidden` or `k8s_api_unreachable` by the API's answer, else `adapter_internal`.
+    pub fn code(&self) -> ErrorCode {
+        let (Self::ListJobs { source, .. } | Self::ListSecrets { source, .. }) = self;
+        api_code(source, ErrorCode::AdapterInternal)
+    }
+}
+
 /// Sweep `namespace`: delete the adapter's finished Jobs older than `older_than` and the
 /// per-run Secrets whose Job is gone (or that never got an owner and are older than the
 /// bound). `dry_run` only reports. `Err` only when the objects cannot be listed.
@@ -83,20 +117,14 @@ pub async fn gc(
     namespace: &str,
     older_than: Duration,
     dry_run: bool,
-) -> Result<GcReport, RunError> {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().labels(&format!("{MANAGED_BY_KEY}={MANAGED_BY_VALUE}"));
-    let listed = retry("list the adapter's Jobs", || jobs.list(&params))
-        .await
-        .map_err(|err| {
-            RunError::api(
-                ErrorCode::AdapterInternal,
-                &format!("list the adapter's Jobs in namespace {namespace}"),
-                &err,
-            )
-        })?;
-    let now = Timestamp::now();
+) -> Result<GcReport, GcError> {
+    let sweep = Sweep {
+        jobs: Api::namespaced(client.clone(), namespace),
+        secrets: Api::namespaced(client.clone(), namespace),
+        params: ListParams::default().labels(&format!("{MANAGED_BY_KEY}={MANAGED_BY_VALUE}")),
+        now: Timestamp::now(),
+        older_than,
+    };
     let mut report = GcReport {
         namespace: namespace.to_owned(),
         dry_run,
@@ -105,98 +133,185 @@ pub async fn gc(
         running: 0,
         failures: Vec::new(),
     };
-    // Jobs that still exist after this pass: their Secrets are theirs to keep (or Kubernetes'
-    // garbage collector takes them with the Job).
-    let mut owners: HashSet<String> = HashSet::new();
-    // A run's Secret has its Job's name: one without an owner reference (the patch failed)
-    // still belongs to that Job while it exists.
-    let mut names: HashSet<String> = HashSet::new();
-    let delete = DeleteParams::background();
-    for job in &listed.items {
-        let name = job.metadata.name.clone().unwrap_or_default();
-        let uid = job.metadata.uid.clone().unwrap_or_default();
-        owners.insert(uid);
-        names.insert(name.clone());
-        // Over as soon as v1.36 says so (`SuccessCriteriaMet`), not seconds later at `Complete`;
-        // a deadline's `FailureTarget` still has its pod being killed.
-        let Some(end) = job_outcome(job).filter(|_| !job_occupies_agent(job)) else {
-            report.running += 1;
-            continue;
-        };
-        let finished = age(finished_at(job), now);
-        if finished < older_than {
-            continue;
-        }
-        let reason = match end {
-            JobEnd::Complete => "completed".to_owned(),
-            JobEnd::Failed { reason, .. } if reason.is_empty() => "failed".to_owned(),
-            JobEnd::Failed { reason, .. } => format!("failed ({reason})"),
-        };
-        if !dry_run
-            && let Err(err) = retry("delete the Job", || jobs.delete(&name, &delete)).await
-            && !is_not_found(&err)
-        {
-            report
-                .failures
-                .push(format!("failed to delete Job {namespace}/{name}: {err}"));
-            continue;
-        }
-        report.jobs.push(Collected {
-            name,
-            reason,
-            age_seconds: finished.as_secs(),
-        });
-    }
-    let listed = retry("list the adapter's Secrets", || secrets.list(&params))
-        .await
-        .map_err(|err| {
-            RunError::api(
-                ErrorCode::AdapterInternal,
-                &format!("list the adapter's Secrets in namespace {namespace}"),
-                &err,
-            )
-        })?;
-    for secret in &listed.items {
-        let name = secret.metadata.name.clone().unwrap_or_default();
-        let created = age(
-            secret.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            now,
-        );
-        let job_owners: Vec<_> = secret
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .filter(|o| o.kind == "Job")
-            .collect();
-        let reason = if job_owners.is_empty() {
-            // Between the Secret's create and the Job's a run has no owner yet: only the bound
-            // tells a leak from a run being started right now.
-            if created < older_than || names.contains(&name) {
-                continue;
-            }
-            "no owner Job".to_owned()
-        } else if job_owners.iter().any(|o| owners.contains(&o.uid)) {
-            continue;
-        } else {
-            format!("Job {} is gone", job_owners[0].name)
-        };
-        if !dry_run
-            && let Err(err) = retry("delete the Secret", || secrets.delete(&name, &delete)).await
-            && !is_not_found(&err)
-        {
-            report
-                .failures
-                .push(format!("failed to delete Secret {namespace}/{name}: {err}"));
-            continue;
-        }
-        report.secrets.push(Collected {
-            name,
-            reason,
-            age_seconds: created.as_secs(),
-        });
-    }
+    let kept = sweep.jobs(&mut report).await?;
+    sweep.secrets(&kept, &mut report).await?;
     Ok(report)
+}
+
+/// One gc pass over a namespace: where, and by which bound.
+struct Sweep {
+    jobs: Api<Job>,
+    secrets: Api<Secret>,
+    params: ListParams,
+    now: Timestamp,
+    older_than: Duration,
+}
+
+/// The adapter's Jobs as they were listed, which the Secrets sweep consults: the Jobs that still
+/// exist after this pass keep their Secrets (or Kubernetes' garbage collector takes them with
+/// the Job).
+#[derive(Default)]
+struct Listed {
+    /// Job UIDs: a Secret owned by one of them is its Job's.
+    uids: HashSet<String>,
+    /// Job names: a run's Secret has its Job's name, and one without an owner reference (the
+    /// patch failed) still belongs to that Job while it exists.
+    names: HashSet<String>,
+}
+
+/// What gc does with one of the adapter's Jobs.
+#[derive(Debug)]
+enum JobVerdict {
+    /// Still running (or being deleted): left alone, and counted.
+    Running,
+    /// Finished less than the bound ago.
+    Young,
+    /// Finished long enough ago: collected.
+    Collect(Collected),
+}
+
+/// Decide about one Job (pure).
+fn judge_job(job: &Job, now: Timestamp, older_than: Duration) -> JobVerdict {
+    // Over as soon as v1.36 says so (`SuccessCriteriaMet`), not seconds later at `Complete`;
+    // a deadline's `FailureTarget` still has its pod being killed.
+    let Some(end) = job_outcome(job).filter(|_| !job_occupies_agent(job)) else {
+        return JobVerdict::Running;
+    };
+    let finished = age(finished_at(job), now);
+    if finished < older_than {
+        return JobVerdict::Young;
+    }
+    let reason = match end {
+        JobEnd::Complete => "completed".to_owned(),
+        JobEnd::Failed { reason, .. } if reason.is_empty() => "failed".to_owned(),
+        JobEnd::Failed { reason, .. } => format!("failed ({reason})"),
+    };
+    JobVerdict::Collect(Collected {
+        name: job.metadata.name.clone().unwrap_or_default(),
+        reason,
+        age_seconds: finished.as_secs(),
+    })
+}
+
+/// Decide about one Secret (pure): `Some` when it goes.
+fn judge_secret(
+    secret: &Secret,
+    now: Timestamp,
+    older_than: Duration,
+    jobs: &Listed,
+) -> Option<Collected> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let created = age(
+        secret.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        now,
+    );
+    let job_owners: Vec<_> = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == "Job")
+        .collect();
+    let reason = if job_owners.is_empty() {
+        // Between the Secret's create and the Job's a run has no owner yet: only the bound
+        // tells a leak from a run being started right now.
+        if created < older_than || jobs.names.contains(&name) {
+            return None;
+        }
+        "no owner Job".to_owned()
+    } else if job_owners.iter().any(|o| jobs.uids.contains(&o.uid)) {
+        return None;
+    } else {
+        format!("Job {} is gone", job_owners[0].name)
+    };
+    Some(Collected {
+        name,
+        reason,
+        age_seconds: created.as_secs(),
+    })
+}
+
+impl Sweep {
+    /// Delete the finished Jobs past the bound; returns the Jobs listed.
+    async fn jobs(&self, report: &mut GcReport) -> Result<Listed, GcError> {
+        let listed = retry("list the adapter's Jobs", || self.jobs.list(&self.params))
+            .await
+            .map_err(|source| GcError::ListJobs {
+                namespace: report.namespace.clone(),
+                source,
+            })?;
+        let mut kept = Listed::default();
+        for job in &listed.items {
+            kept.uids
+                .insert(job.metadata.uid.clone().unwrap_or_default());
+            kept.names
+                .insert(job.metadata.name.clone().unwrap_or_default());
+            match judge_job(job, self.now, self.older_than) {
+                JobVerdict::Running => report.running += 1,
+                JobVerdict::Young => {}
+                JobVerdict::Collect(collected) => {
+                    if let Some(failure) = self.delete(&self.jobs, "Job", &collected, report).await
+                    {
+                        report.failures.push(failure);
+                    } else {
+                        report.jobs.push(collected);
+                    }
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Delete the per-run Secrets no listed Job keeps.
+    async fn secrets(&self, jobs: &Listed, report: &mut GcReport) -> Result<(), GcError> {
+        let listed = retry("list the adapter's Secrets", || {
+            self.secrets.list(&self.params)
+        })
+        .await
+        .map_err(|source| GcError::ListSecrets {
+            namespace: report.namespace.clone(),
+            source,
+        })?;
+        for secret in &listed.items {
+            let Some(collected) = judge_secret(secret, self.now, self.older_than, jobs) else {
+                continue;
+            };
+            if let Some(failure) = self
+                .delete(&self.secrets, "Secret", &collected, report)
+                .await
+            {
+                report.failures.push(failure);
+            } else {
+                report.secrets.push(collected);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete one collected object (not in a dry run); returns the failure line if that failed.
+    async fn delete<K>(
+        &self,
+        api: &Api<K>,
+        kind: &str,
+        collected: &Collected,
+        report: &GcReport,
+    ) -> Option<String>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if report.dry_run {
+            return None;
+        }
+        let name = &collected.name;
+        let params = DeleteParams::background();
+        match retry(&format!("delete the {kind}"), || api.delete(name, &params)).await {
+            Err(err) if !is_not_found(&err) => Some(format!(
+                "failed to delete {kind} {}/{name}: {err}",
+                report.namespace
+            )),
+            _ => None,
+        }
+    }
 }
 
 fn is_not_found(err: &kube::Error) -> bool {
@@ -226,6 +341,42 @@ mod tests {
             finished_at(&job),
             Some("2026-11-27T10:04:00Z".parse().unwrap()),
             "v1.36's SuccessCriteriaMet, seconds before Complete"
+        );
+    }
+
+    #[test]
+    fn a_secret_goes_only_when_no_listed_job_keeps_it() {
+        let now: Timestamp = "2026-11-27T12:00:00Z".parse().unwrap();
+        let hour = Duration::from_secs(3600);
+        let secret = |owner: Option<&str>| -> Secret {
+            let owners: Vec<_> = owner
+                .into_iter()
+                .map(|uid| json!({"apiVersion": "batch/v1", "kind": "Job", "name": "oc-run-1", "uid": uid}))
+                .collect();
+            serde_json::from_value(json!({"metadata": {
+                "name": "oc-run-1",
+                "creationTimestamp": "2026-11-27T10:00:00Z",
+                "ownerReferences": owners,
+            }}))
+            .unwrap()
+        };
+        let listed = Listed {
+            uids: HashSet::from(["uid-live".to_owned()]),
+            names: HashSet::new(),
+        };
+        let reason = |secret: &Secret, older_than| {
+            judge_secret(secret, now, older_than, &listed).map(|c| c.reason)
+        };
+        assert_eq!(reason(&secret(Some("uid-live")), hour), None);
+        assert_eq!(
+            reason(&secret(Some("uid-gone")), hour).as_deref(),
+            Some("Job oc-run-1 is gone")
+        );
+        assert_eq!(reason(&secret(None), hour).as_deref(), Some("no owner Job"));
+        assert_eq!(
+            reason(&secret(None), 3 * hour),
+            None,
+            "a young Secret without an owner may be a run being started"
         );
     }
 

@@ -3,11 +3,112 @@
 //! the agent; then it decides, purely from the agent's Jobs, what to do: create, follow its own
 //! Job (a reattach), harvest an orphan — a Job still running that nobody follows, because the
 //! process that created it is gone with its Lease — before running its own prompt, or wait for a
-//! Job that is being deleted to be gone.
+//! Job that is being deleted to be gone. [`GuardError`] is why a run could not get the agent.
+
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 
+use super::error::{ApiCause, api_code};
 use super::status::job_occupies_agent;
+use crate::error_code::ErrorCode;
+
+/// The agent is kept by another run, or what keeps runs of an agent apart (its Lease, its Jobs)
+/// could not be read; or this run lost the agent to another process.
+///
+/// Where the API refused, the message includes its message and `source()` is the `kube::Error`
+/// (see [`RunError`](super::RunError)).
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// The agent's Lease could not be read or taken.
+    #[error("failed to take the Lease {namespace}/{lease} of agent {agent}: {}", ApiCause::engine(.source))]
+    TakeLease {
+        /// Namespace of the run.
+        namespace: String,
+        /// The agent's Lease.
+        lease: String,
+        /// The agent.
+        agent: String,
+        /// The refusal.
+        #[source]
+        source: kube::Error,
+    },
+    /// The agent's Jobs could not be listed.
+    #[error("failed to list the Jobs of agent {agent} in namespace {namespace}: {}", ApiCause::engine(.source))]
+    ListJobs {
+        /// Namespace of the run.
+        namespace: String,
+        /// The agent.
+        agent: String,
+        /// The refusal.
+        #[source]
+        source: kube::Error,
+    },
+    /// Another run of the agent held its Lease for the whole concurrency bound.
+    #[error(
+        "another run of this agent ({holder}) did not finish within {} s; let it finish or cancel it, then retry",
+        .waited.as_secs()
+    )]
+    Busy {
+        /// The Lease's holder: `<host>/<pid>.<instance>/<run id>`.
+        holder: String,
+        /// The bound waited ([`Bounds::concurrency_wait`](super::Bounds::concurrency_wait)).
+        waited: Duration,
+    },
+    /// A Job of the agent being deleted did not go within the concurrency bound.
+    #[error(
+        "Job {namespace}/{job} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
+        .waited.as_secs()
+    )]
+    StillDeleting {
+        /// Namespace of the run.
+        namespace: String,
+        /// The Job.
+        job: String,
+        /// The bound waited.
+        waited: Duration,
+    },
+    /// The run was cancelled before it got the agent.
+    #[error("cancelled while waiting for another run of this agent")]
+    Cancelled,
+    /// This process did not renew the agent's Lease in time and another took the run's Job over.
+    #[error(
+        "stopped following the agent's Job: this process did not renew the agent's Lease within {} s and another process took it over and follows the Job now; nothing was deleted",
+        .lease.as_secs()
+    )]
+    LeaseLost {
+        /// How long the Lease lasts unrenewed.
+        lease: Duration,
+    },
+    /// A reattach found no Job to continue.
+    #[error(
+        "failed to reattach: the Job {namespace}/{job} of this run no longer exists (its TTL or someone deleted it); its output after the checkpoint is lost"
+    )]
+    ReattachGone {
+        /// Namespace of the run.
+        namespace: String,
+        /// The run's Job.
+        job: String,
+    },
+}
+
+impl GuardError {
+    /// The stable code: `k8s_concurrency_guard_unreachable` for what could not be read (or
+    /// `k8s_forbidden` / `k8s_api_unreachable`), `k8s_concurrent_run_blocked` for another run
+    /// keeping the agent, `cancelled`, `k8s_job_deleted_externally` for a vanished Job.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TakeLease { source, .. } | Self::ListJobs { source, .. } => {
+                api_code(source, ErrorCode::K8sConcurrencyGuardUnreachable)
+            }
+            Self::Busy { .. } | Self::StillDeleting { .. } | Self::LeaseLost { .. } => {
+                ErrorCode::K8sConcurrentRunBlocked
+            }
+            Self::Cancelled => ErrorCode::Cancelled,
+            Self::ReattachGone { .. } => ErrorCode::K8sJobDeletedExternally,
+        }
+    }
+}
 
 /// What the guard decided for a run holding the agent's Lease, given the agent's Jobs.
 #[derive(Debug, Clone, PartialEq)]

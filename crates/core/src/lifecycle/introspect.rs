@@ -6,9 +6,9 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
-use super::result::RunError;
+use super::error::{ApiCause, api_code};
 use crate::error_code::ErrorCode;
-use crate::manifest::InheritedPod;
+use crate::manifest::{InheritedPod, ManifestError};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -52,6 +52,47 @@ impl SelfPod {
     }
 }
 
+/// Failed to read the Paperclip pod, or it cannot be inherited from.
+///
+/// Where the API refused, the message includes its message and `source()` is the `kube::Error`
+/// (see [`RunError`](super::RunError)).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// The API did not answer, or refused to read the pod.
+    #[error("failed to read the Paperclip pod {namespace}/{name}: {}", ApiCause::engine(.source))]
+    Read {
+        /// Namespace of the pod.
+        namespace: String,
+        /// Name of the pod.
+        name: String,
+        /// The refusal.
+        #[source]
+        source: kube::Error,
+    },
+    /// The pod exists but Jobs cannot inherit from it (no shared `/paperclip` claim, …).
+    #[error("failed to inherit from the Paperclip pod {namespace}/{name}: {source}")]
+    Inherit {
+        /// Namespace of the pod.
+        namespace: String,
+        /// Name of the pod.
+        name: String,
+        /// What is missing.
+        #[source]
+        source: ManifestError,
+    },
+}
+
+impl DiscoverError {
+    /// `k8s_api_unreachable` or `k8s_forbidden` for a read, the manifest's code (`config_invalid`)
+    /// for a pod that cannot be inherited from.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Read { source, .. } => api_code(source, ErrorCode::K8sApiUnreachable),
+            Self::Inherit { source, .. } => source.code(),
+        }
+    }
+}
+
 /// What introspection found.
 #[derive(Debug, Clone)]
 pub(crate) enum Found {
@@ -62,7 +103,10 @@ pub(crate) enum Found {
 
 /// Read the Paperclip pod. A missing pod is not an error (the CLI out of cluster); a pod that
 /// exists but cannot be inherited from (no `/paperclip` volume) is.
-pub(crate) async fn discover(client: &kube::Client, self_pod: &SelfPod) -> Result<Found, RunError> {
+pub(crate) async fn discover(
+    client: &kube::Client,
+    self_pod: &SelfPod,
+) -> Result<Found, DiscoverError> {
     let Some((namespace, name)) = self_pod.locate() else {
         return Ok(Found::NotFound(
             "not running in a pod (no POD_NAME/HOSTNAME and namespace)".to_owned(),
@@ -72,20 +116,19 @@ pub(crate) async fn discover(client: &kube::Client, self_pod: &SelfPod) -> Resul
     match super::retry::retry("get the Paperclip pod", || pods.get_opt(&name)).await {
         Ok(Some(pod)) => InheritedPod::from_pod(&pod, None)
             .map(|pod| Found::Pod(Box::new(pod)))
-            .map_err(|err| {
-                RunError::new(
-                    err.code(),
-                    format!("failed to inherit from the Paperclip pod {namespace}/{name}: {err}"),
-                )
+            .map_err(|source| DiscoverError::Inherit {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
             }),
         Ok(None) => Ok(Found::NotFound(format!(
             "pod {namespace}/{name} was not found"
         ))),
-        Err(err) => Err(RunError::api(
-            ErrorCode::K8sApiUnreachable,
-            &format!("read the Paperclip pod {namespace}/{name}"),
-            &err,
-        )),
+        Err(source) => Err(DiscoverError::Read {
+            namespace,
+            name,
+            source,
+        }),
     }
 }
 

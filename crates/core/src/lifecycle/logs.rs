@@ -34,10 +34,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::result::RunError;
+use super::error::{OutputError, RunError};
 use super::retry::Reconnects;
 use super::status::container_state;
-use crate::error_code::ErrorCode;
 use crate::event::{RunEvent, RunSink};
 use crate::manifest::CONTAINER_NAME;
 
@@ -78,21 +77,11 @@ pub(crate) enum LogError {
 }
 
 impl LogError {
-    /// The run's error for it: `k8s_forbidden` for a 401/403, else `k8s_api_unreachable`.
-    pub(crate) fn to_run_error(&self) -> RunError {
+    /// The run's error for it, with the last refusal as its source: `k8s_forbidden` for a
+    /// 401/403, else `k8s_api_unreachable`.
+    pub(crate) fn into_output_error(self) -> OutputError {
         let Self::Refused { pod, secs, source } = self;
-        let what = format!("read the output of pod {pod} (refused for {secs} s)");
-        let error = RunError::api(ErrorCode::K8sApiUnreachable, &what, source);
-        match source {
-            kube::Error::Api(status) if status.code == 401 => RunError::new(
-                ErrorCode::K8sForbidden,
-                format!(
-                    "failed to {what}: {} (401); check the engine's credentials",
-                    status.message
-                ),
-            ),
-            _ => error,
-        }
+        OutputError::Refused { pod, secs, source }
     }
 }
 
@@ -374,7 +363,9 @@ pub async fn follow_pod_output(
     while let Some(chunk) = rx.recv().await {
         emit(sink, chunk).await;
     }
-    finished.map(drop).map_err(|err| err.to_run_error())
+    finished
+        .map(drop)
+        .map_err(|err| err.into_output_error().into())
 }
 
 /// Output of the follower as the sink's event.

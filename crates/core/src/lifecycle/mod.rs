@@ -10,6 +10,9 @@
 
 pub mod cluster;
 mod doctor;
+mod error;
+#[cfg(test)]
+mod fixtures;
 mod gc;
 mod guard;
 mod informer;
@@ -31,10 +34,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::cluster::{ClientCache, ClusterError, ClusterSource, trust_agent_kubeconfig_paths};
 pub use self::doctor::{Check, CheckStatus, DoctorReport, DoctorTarget, doctor};
-pub use self::gc::{Collected, GcReport, gc};
-pub use self::introspect::SelfPod;
+pub use self::error::{ApiError, OutputError, RunError};
+pub use self::gc::{Collected, GcError, GcReport, gc};
+pub use self::guard::GuardError;
+pub use self::introspect::{DiscoverError, SelfPod};
 pub use self::logs::follow_pod_output;
-pub use self::result::{RunError, RunResult, RunStatus, SessionParams};
+pub use self::objects::{DeleteError, Leftovers, ObjectsError};
+pub use self::result::{RunResult, RunStatus, SessionParams};
 use crate::config::AgentConfig;
 use crate::event::RunSink;
 use crate::manifest::{InheritedPod, RunRequest};
@@ -177,12 +183,10 @@ impl Engine {
         sink: &dyn RunSink,
         cancel: CancellationToken,
     ) -> Result<RunResult, RunError> {
-        let cursor = logs::LogCursor::from_checkpoint(checkpoint).ok_or_else(|| {
-            RunError::new(
-                crate::error_code::ErrorCode::ConfigInvalid,
-                format!("output checkpoint {checkpoint:?} is not one the engine produced (expected `<RFC 3339 timestamp>/<count>`)"),
-            )
-        })?;
+        let cursor =
+            logs::LogCursor::from_checkpoint(checkpoint).ok_or_else(|| RunError::Checkpoint {
+                checkpoint: checkpoint.to_owned(),
+            })?;
         run::Run::new(self, request, config, sink, cancel, Some(cursor))
             .execute()
             .await

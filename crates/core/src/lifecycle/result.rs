@@ -1,4 +1,5 @@
-//! What a run returns: the outcome Paperclip records, or why the run could not happen.
+//! What a run returns: the outcome Paperclip records, judged from what its attempts produced.
+//! Why a run could not happen at all is [`RunError`](super::RunError).
 
 use serde::Serialize;
 
@@ -71,46 +72,24 @@ pub struct RunResult {
     pub attempts: u32,
 }
 
-/// A run that could not be started or followed. Carries the same stable code as a failed
-/// [`RunResult`] would.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct RunError {
-    /// Stable code.
-    pub code: ErrorCode,
-    /// What failed, naming the object, and what to do.
-    pub message: String,
+/// A run's status, error code and message.
+type Verdict = (RunStatus, Option<ErrorCode>, Option<String>);
+
+/// The verdict of a run that failed with `code`.
+fn failed(code: ErrorCode, message: String) -> Verdict {
+    (RunStatus::Failed, Some(code), Some(message))
 }
 
-impl RunError {
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// An API error while doing `what`, classified: 403 → `k8s_forbidden` with the rule to add,
-    /// connection failures → `k8s_api_unreachable`, the rest → `fallback`.
-    pub(crate) fn api(fallback: ErrorCode, what: &str, err: &kube::Error) -> Self {
-        match err {
-            kube::Error::Api(status) if status.code == 403 => Self::new(
-                ErrorCode::K8sForbidden,
-                format!(
-                    "failed to {what}: {}; grant the engine's service account the missing rule (`opencode-k8s rbac` prints them all)",
-                    status.message
-                ),
-            ),
-            kube::Error::Api(status) => Self::new(
-                fallback,
-                format!("failed to {what}: {} ({})", status.message, status.code),
-            ),
-            other => Self::new(
-                ErrorCode::K8sApiUnreachable,
-                format!("failed to {what}: {other}; check that the cluster API is reachable"),
-            ),
-        }
-    }
+/// The verdict of a run whose `timeoutSec` ran out.
+fn timed_out(config: &AgentConfig) -> Verdict {
+    (
+        RunStatus::TimedOut,
+        Some(ErrorCode::Timeout),
+        Some(format!(
+            "the run exceeded timeoutSec ({} s) and was stopped",
+            config.timeout_sec
+        )),
+    )
 }
 
 /// What one or more attempts of a run produced, before it is judged.
@@ -141,10 +120,9 @@ impl Harvest {
     }
 
     /// Status, error code and message, in the order that decides them: a cancel, a blocker, output
-    /// that could not be read completely, the container's own exit (an exit 0 is success whatever any timer thought), then the Job.
-    fn judge(&self, config: &AgentConfig) -> (RunStatus, Option<ErrorCode>, Option<String>) {
-        let failed =
-            |code: ErrorCode, message: String| (RunStatus::Failed, Some(code), Some(message));
+    /// that could not be read completely, the container's own exit (an exit 0 is success whatever
+    /// any timer thought), then the Job.
+    fn judge(&self, config: &AgentConfig) -> Verdict {
         if self.cancelled {
             return (
                 RunStatus::Cancelled,
@@ -159,52 +137,49 @@ impl Harvest {
         if let Some(error) = &self.output_error {
             return failed(error.code, error.message.clone());
         }
-        let deadline = matches!(&self.job_end, Some(JobEnd::Failed { reason, .. }) if reason == "DeadlineExceeded");
-        let timed_out = || {
-            (
-                RunStatus::TimedOut,
-                Some(ErrorCode::Timeout),
-                Some(format!(
-                    "the run exceeded timeoutSec ({} s) and was stopped",
-                    config.timeout_sec
-                )),
-            )
-        };
-        if let Some(exit) = &self.exit {
-            if exit.code == 0 {
-                return (RunStatus::Succeeded, None, None);
-            }
-            if exit.reason == "OOMKilled" {
-                return failed(
-                    ErrorCode::K8sOomKilled,
-                    format!(
-                        "the agent container ran out of memory (OOMKilled, exit {}); raise resources.limits.memory",
-                        exit.code
-                    ),
-                );
-            }
-            if deadline {
-                return timed_out();
-            }
-            let code = self
-                .output
-                .outcome
-                .error_code()
-                .unwrap_or(ErrorCode::OpencodeFailed);
-            let message = self
-                .output
-                .error_message()
-                .unwrap_or_else(|| format!("opencode exited with code {}", exit.code));
-            return failed(code, message);
-        }
-        if self.hung_resume {
-            return failed(
+        match &self.exit {
+            Some(exit) => self.judge_exit(exit, config),
+            None if self.hung_resume => failed(
                 ErrorCode::SessionUnavailable,
                 "the session could not be resumed".to_owned(),
+            ),
+            None => self.judge_job_end(config),
+        }
+    }
+
+    /// The container exited: its exit code decides, unless memory or the deadline killed it.
+    fn judge_exit(&self, exit: &Exit, config: &AgentConfig) -> Verdict {
+        if exit.code == 0 {
+            return (RunStatus::Succeeded, None, None);
+        }
+        if exit.reason == "OOMKilled" {
+            return failed(
+                ErrorCode::K8sOomKilled,
+                format!(
+                    "the agent container ran out of memory (OOMKilled, exit {}); raise resources.limits.memory",
+                    exit.code
+                ),
             );
         }
+        if self.deadline_exceeded() {
+            return timed_out(config);
+        }
+        let code = self
+            .output
+            .outcome
+            .error_code()
+            .unwrap_or(ErrorCode::OpencodeFailed);
+        let message = self
+            .output
+            .error_message()
+            .unwrap_or_else(|| format!("opencode exited with code {}", exit.code));
+        failed(code, message)
+    }
+
+    /// No exit was seen: the Job's end decides, or its absence.
+    fn judge_job_end(&self, config: &AgentConfig) -> Verdict {
         match &self.job_end {
-            _ if deadline => timed_out(),
+            _ if self.deadline_exceeded() => timed_out(config),
             Some(JobEnd::Complete) => (RunStatus::Succeeded, None, None),
             Some(JobEnd::Failed { reason, message }) => {
                 failed(ErrorCode::OpencodeFailed, format!("the Job failed ({reason}): {message}"))
@@ -215,6 +190,11 @@ impl Harvest {
             ),
             None => failed(ErrorCode::AdapterInternal, "the run ended without a result; this is a bug".to_owned()),
         }
+    }
+
+    /// The Job's `activeDeadlineSeconds` ran out.
+    fn deadline_exceeded(&self) -> bool {
+        matches!(&self.job_end, Some(JobEnd::Failed { reason, .. }) if reason == "DeadlineExceeded")
     }
 
     pub(crate) fn into_result(

@@ -14,11 +14,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::error::{OutputError, RunError};
+use super::guard::GuardError;
 use super::informer::{NamespaceWatch, Subscription, Update};
 use super::introspect::{self, Found};
 use super::lease::{self, Acquired, AgentLease};
 use super::logs::{self, Chunk, ContainerState, FollowStats, LogCursor, LogError};
-use super::result::{Harvest, RunError, RunResult};
+use super::result::{Harvest, RunResult};
 use super::status::{self, Blocker, Exit, JobEnd};
 use super::{ClusterSource, Engine, guard, lock, objects};
 use crate::config::AgentConfig;
@@ -62,6 +64,36 @@ struct Target {
 /// once.
 const LEASE_POLL: Duration = Duration::from_millis(250);
 
+/// What waiting for another holder of the agent's Lease has done so far.
+struct LeaseWait {
+    /// The holder the run log's notices are about.
+    holder: Option<String>,
+    /// The holder's Job was named in the run log.
+    named: bool,
+    /// The run log said the run waits, without a Job to name yet.
+    noticed: bool,
+    /// The holder's Job, watched to try again as soon as it ends.
+    blocking: Option<Subscription>,
+    /// The next poll interval.
+    pause: Duration,
+}
+
+/// How an attempt ended for the run, counting the attempts before it.
+enum Attempted {
+    /// The run's outcome is decided.
+    Over(Harvest),
+    /// Another attempt follows: this run's own after an orphan, or the fresh retry of a resume.
+    Again(Harvest),
+}
+
+/// `harvest`, after the `previous` attempts: the last attempt decides, usage and cost add up.
+fn after(previous: Option<Harvest>, harvest: Harvest) -> Harvest {
+    match previous {
+        Some(previous) => previous.then(harvest),
+        None => harvest,
+    }
+}
+
 /// What [`Run::start`] found to follow.
 struct Started {
     job_name: String,
@@ -100,13 +132,10 @@ impl<'a> Run<'a> {
         let lease = self.hold_lease(&target).await?;
         let outcome = tokio::select! {
             outcome = self.attempts(&target, rendered) => outcome,
-            () = lease.lost() => Err(RunError::new(
-                ErrorCode::K8sConcurrentRunBlocked,
-                format!(
-                    "stopped following the agent's Job: this process did not renew the agent's Lease within {} s and another process took it over and follows the Job now; nothing was deleted",
-                    self.engine.options.bounds.lease.as_secs()
-                ),
-            )),
+            () = lease.lost() => Err(GuardError::LeaseLost {
+                lease: self.engine.options.bounds.lease,
+            }
+            .into()),
         };
         lease.release().await;
         self.engine.lease_released.notify_waiters();
@@ -127,72 +156,89 @@ impl<'a> Run<'a> {
                 mut sub,
                 orphan,
             } = self.start(target, &rendered).await?;
-            if let Some(orphan) = orphan {
-                // Its resume state is unknown: no hang detection for it.
-                let unknown = Rendered {
-                    resume: ResumeDecision::New,
-                    ..rendered.clone()
-                };
-                let mut harvest = self.follow(target, &mut sub, &unknown).await;
-                self.finish_attempt(target, &job_name, &mut sub, &harvest)
-                    .await;
-                let session = harvest.output.session_id.clone();
-                harvest.attempts = 0;
-                let cancelled = harvest.cancelled;
-                let harvest = match total.take() {
-                    Some(previous) => previous.then(harvest),
-                    None => harvest,
-                };
-                if cancelled {
-                    return Ok(harvest.into_result(
-                        self.config,
-                        &self.request,
-                        &target.namespace,
-                        &job_name,
-                    ));
+            let previous = total.take();
+            let attempted = match orphan {
+                Some(orphan) => {
+                    self.orphan_attempt(target, &job_name, &mut sub, &orphan, &rendered, previous)
+                        .await
                 }
-                self.after_orphan(target, &orphan, &harvest, session).await;
-                total = Some(harvest);
-                rendered = self.render(target).await?;
-                continue;
-            }
-            let harvest = self.follow(target, &mut sub, &rendered).await;
-            let retry = self.retry_reason(&harvest, &rendered);
-            self.finish_attempt(target, &job_name, &mut sub, &harvest)
-                .await;
-            let harvest = match total.take() {
-                Some(previous) => previous.then(harvest),
-                None => harvest,
+                None => {
+                    self.own_attempt(target, &job_name, &mut sub, &rendered, previous)
+                        .await
+                }
             };
-            match retry {
-                Some(reason) if self.request.attempt == 1 => {
-                    self.notice(reason).await;
-                    self.request.attempt = 2;
-                    self.request.resume = None;
-                    rendered = self.render(target).await?;
-                    total = Some(harvest);
-                }
-                _ => {
+            match attempted {
+                Attempted::Over(harvest) => {
                     return Ok(harvest.into_result(
                         self.config,
                         &self.request,
                         &target.namespace,
                         &job_name,
                     ));
+                }
+                Attempted::Again(harvest) => {
+                    total = Some(harvest);
+                    rendered = self.render(target).await?;
                 }
             }
         }
     }
 
-    /// An orphan was harvested: say what it cost, and resume the session it produced when it
-    /// worked on this run's task (or this run names no task, as Paperclip's "Run now").
-    async fn after_orphan(
+    /// Follow and clean up an orphan; this run's own prompt runs after it unless it was
+    /// cancelled meanwhile.
+    async fn orphan_attempt(
         &mut self,
         target: &Target,
+        job_name: &str,
+        sub: &mut Subscription,
         orphan: &Job,
-        harvest: &Harvest,
-        session: Option<String>,
-    ) {
+        rendered: &Rendered,
+        previous: Option<Harvest>,
+    ) -> Attempted {
+        // Its resume state is unknown: no hang detection for it.
+        let unknown = Rendered {
+            resume: ResumeDecision::New,
+            ..rendered.clone()
+        };
+        let mut harvest = self.follow(target, sub, &unknown).await;
+        self.finish_attempt(target, job_name, sub, &harvest).await;
+        // Not an attempt of this run: its usage and cost count, its attempt does not.
+        harvest.attempts = 0;
+        let harvest = after(previous, harvest);
+        if harvest.cancelled {
+            return Attempted::Over(harvest);
+        }
+        self.after_orphan(target, orphan, &harvest).await;
+        Attempted::Again(harvest)
+    }
+
+    /// Follow and clean up this run's own Job; a stale or hanging resume is retried once, fresh.
+    async fn own_attempt(
+        &mut self,
+        target: &Target,
+        job_name: &str,
+        sub: &mut Subscription,
+        rendered: &Rendered,
+        previous: Option<Harvest>,
+    ) -> Attempted {
+        let harvest = self.follow(target, sub, rendered).await;
+        let retry = self.retry_reason(&harvest, rendered);
+        self.finish_attempt(target, job_name, sub, &harvest).await;
+        let harvest = after(previous, harvest);
+        match retry {
+            Some(reason) if self.request.attempt == 1 => {
+                self.notice(reason).await;
+                self.request.attempt = 2;
+                self.request.resume = None;
+                Attempted::Again(harvest)
+            }
+            _ => Attempted::Over(harvest),
+        }
+    }
+
+    /// An orphan was harvested: say what it cost, and resume the session it produced when it
+    /// worked on this run's task (or this run names no task, as Paperclip's "Run now").
+    async fn after_orphan(&mut self, target: &Target, orphan: &Job, harvest: &Harvest) {
         let name = orphan.metadata.name.as_deref().unwrap_or_default();
         let usage = &harvest.output.usage;
         let mut notice = format!(
@@ -201,6 +247,7 @@ impl<'a> Run<'a> {
         );
         let task = annotation(orphan, TASK_KEY_KEY);
         let same_task = self.request.task_key.is_none() || task == self.request.task_key.as_deref();
+        let session = harvest.output.session_id.clone();
         if let Some(session_id) = session.filter(|_| same_task) {
             notice.push_str(&format!(", continuing session {session_id} it produced"));
             self.request.resume = Some(SessionResume {
@@ -214,33 +261,20 @@ impl<'a> Run<'a> {
     /// Take the agent's Lease, waiting while another live process holds it. A Job whose Lease
     /// expired is not waited for: the next step harvests it.
     async fn hold_lease(&self, target: &Target) -> Result<Box<AgentLease>, RunError> {
-        let api: Api<Lease> = Api::namespaced(target.client.clone(), &target.namespace);
-        let agent = &self.request.agent_id;
-        let name = manifest::agent_lease_name(agent);
-        let me = lease::identity(&self.engine.process, &self.request.run_id);
         let bounds = self.engine.options.bounds;
         let waited_since = Instant::now();
-        let mut told: Option<String> = None;
-        let (mut named, mut noticed) = (false, false);
-        let mut blocking: Option<Subscription> = None;
-        let mut pause = LEASE_POLL;
+        let mut wait = LeaseWait {
+            holder: None,
+            named: false,
+            noticed: false,
+            blocking: None,
+            pause: LEASE_POLL,
+        };
         loop {
             let released = self.engine.lease_released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            let acquired = lease::acquire(&api, &name, agent, &me, bounds.lease)
-                .await
-                .map_err(|err| {
-                    RunError::api(
-                        ErrorCode::K8sConcurrencyGuardUnreachable,
-                        &format!(
-                            "take the Lease {}/{name} of agent {agent}",
-                            target.namespace
-                        ),
-                        &err,
-                    )
-                })?;
-            let (holder, expires_in) = match acquired {
+            let (holder, expires_in) = match self.take_lease(target).await? {
                 Acquired::Held(lease) => return Ok(lease),
                 Acquired::Busy { holder, expires_in } => (holder, expires_in),
             };
@@ -248,47 +282,68 @@ impl<'a> Run<'a> {
                 .concurrency_wait
                 .saturating_sub(waited_since.elapsed());
             if left.is_zero() {
-                return Err(RunError::new(
-                    ErrorCode::K8sConcurrentRunBlocked,
-                    format!(
-                        "another run of this agent ({holder}) did not finish within {} s; let it finish or cancel it, then retry",
-                        bounds.concurrency_wait.as_secs()
-                    ),
-                ));
+                let waited = bounds.concurrency_wait;
+                return Err(GuardError::Busy { holder, waited }.into());
             }
-            if told.as_deref() != Some(holder.as_str()) {
-                told = Some(holder.clone());
-                (named, noticed) = (false, false);
-            }
-            // Name the Job waited for once it exists (the holder may not have created it yet).
-            if !named {
-                if let Some(job) = self.occupying_job(target).await {
-                    self.notice(format!(
-                        "waiting for Job {}/{job}, another run of this agent ({holder}), to finish",
-                        target.namespace
-                    ))
-                    .await;
-                    blocking = Some(target.watch.subscribe(&job));
-                    named = true;
-                } else if !noticed {
-                    self.notice(format!(
-                        "waiting for another run of this agent ({holder}) to finish"
-                    ))
-                    .await;
-                    noticed = true;
-                }
-            }
+            self.announce_wait(target, &holder, &mut wait).await;
             // Past the expiry by a hair, so the next try finds it expired.
-            let wait = pause.min(expires_in + Duration::from_millis(50)).min(left);
+            let nap = wait
+                .pause
+                .min(expires_in + Duration::from_millis(50))
+                .min(left);
             tokio::select! {
-                () = self.cancel.cancelled() => return Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
-                () = tokio::time::sleep(wait) => pause = (pause * 2).min(bounds.lease / 3),
-                () = &mut released => pause = LEASE_POLL,
-                () = wait_free(blocking.as_mut()) => {
-                    blocking = None;
-                    pause = LEASE_POLL;
+                () = self.cancel.cancelled() => return Err(GuardError::Cancelled.into()),
+                () = tokio::time::sleep(nap) => wait.pause = (wait.pause * 2).min(bounds.lease / 3),
+                () = &mut released => wait.pause = LEASE_POLL,
+                () = wait_free(wait.blocking.as_mut()) => {
+                    wait.blocking = None;
+                    wait.pause = LEASE_POLL;
                 }
             }
+        }
+    }
+
+    /// One try at the agent's Lease.
+    async fn take_lease(&self, target: &Target) -> Result<Acquired, GuardError> {
+        let api: Api<Lease> = Api::namespaced(target.client.clone(), &target.namespace);
+        let agent = &self.request.agent_id;
+        let name = manifest::agent_lease_name(agent);
+        let me = lease::identity(&self.engine.process, &self.request.run_id);
+        lease::acquire(&api, &name, agent, &me, self.engine.options.bounds.lease)
+            .await
+            .map_err(|source| GuardError::TakeLease {
+                namespace: target.namespace.clone(),
+                lease: name,
+                agent: agent.clone(),
+                source,
+            })
+    }
+
+    /// Say in the run log what the run waits for, once per holder: the holder's Job once it
+    /// exists (the holder may not have created it yet), and watch that Job to try again as soon
+    /// as it ends.
+    async fn announce_wait(&self, target: &Target, holder: &str, wait: &mut LeaseWait) {
+        if wait.holder.as_deref() != Some(holder) {
+            wait.holder = Some(holder.to_owned());
+            (wait.named, wait.noticed) = (false, false);
+        }
+        if wait.named {
+            return;
+        }
+        if let Some(job) = self.occupying_job(target).await {
+            self.notice(format!(
+                "waiting for Job {}/{job}, another run of this agent ({holder}), to finish",
+                target.namespace
+            ))
+            .await;
+            wait.blocking = Some(target.watch.subscribe(&job));
+            wait.named = true;
+        } else if !wait.noticed {
+            self.notice(format!(
+                "waiting for another run of this agent ({holder}) to finish"
+            ))
+            .await;
+            wait.noticed = true;
         }
     }
 
@@ -314,12 +369,7 @@ impl<'a> Run<'a> {
             self.config.kubeconfig.as_deref(),
             self.config.kubeconfig_content.as_ref().map(|c| c.expose()),
         );
-        let client = self
-            .engine
-            .clients
-            .client(&source)
-            .await
-            .map_err(|err| RunError::new(err.code(), err.to_string()))?;
+        let client = self.engine.clients.client(&source).await?;
         let inherited = self.inherited(&source, &client).await?;
         let namespace = self
             .config
@@ -357,8 +407,7 @@ impl<'a> Run<'a> {
 
     /// Render this attempt's objects (pure: a bad config fails here, before anything exists).
     async fn render(&self, target: &Target) -> Result<Rendered, RunError> {
-        let rendered = manifest::render(&self.request, target.inherited.as_deref(), self.config)
-            .map_err(|err| RunError::new(err.code(), err.to_string()))?;
+        let rendered = manifest::render(&self.request, target.inherited.as_deref(), self.config)?;
         if !rendered.not_inherited.is_empty() {
             self.notice(format!(
                 "not inherited from a Paperclip pod: {}",
@@ -389,13 +438,11 @@ impl<'a> Run<'a> {
             let blocking = match guard::judge(&listed, this_job, !self.config.retain_jobs) {
                 // A reattach continues output that exists: it never starts the work again.
                 guard::Verdict::Clear | guard::Verdict::Orphan(_) if self.checkpoint.is_some() => {
-                    return Err(RunError::new(
-                        ErrorCode::K8sJobDeletedExternally,
-                        format!(
-                            "failed to reattach: the Job {}/{this_job} of this run no longer exists (its TTL or someone deleted it); its output after the checkpoint is lost",
-                            target.namespace
-                        ),
-                    ));
+                    return Err(GuardError::ReattachGone {
+                        namespace: target.namespace.clone(),
+                        job: this_job.to_owned(),
+                    }
+                    .into());
                 }
                 guard::Verdict::Clear => return self.create(target, rendered).await,
                 guard::Verdict::Mine(job) => return Ok(self.reattach(target, &job).await),
@@ -407,21 +454,16 @@ impl<'a> Run<'a> {
     }
 
     /// The agent's Jobs in the run's namespace.
-    async fn agent_jobs(&self, target: &Target) -> Result<Vec<Job>, RunError> {
+    async fn agent_jobs(&self, target: &Target) -> Result<Vec<Job>, GuardError> {
         let jobs: Api<Job> = Api::namespaced(target.client.clone(), &target.namespace);
         let params = kube::api::ListParams::default()
             .labels(&manifest::agent_selector(&self.request.agent_id));
         let listed = super::retry::retry("list the agent's Jobs", || jobs.list(&params))
             .await
-            .map_err(|err| {
-                RunError::api(
-                    ErrorCode::K8sConcurrencyGuardUnreachable,
-                    &format!(
-                        "list the Jobs of agent {} in namespace {}",
-                        self.request.agent_id, target.namespace
-                    ),
-                    &err,
-                )
+            .map_err(|source| GuardError::ListJobs {
+                namespace: target.namespace.clone(),
+                agent: self.request.agent_id.clone(),
+                source,
             })?;
         Ok(listed.items)
     }
@@ -478,19 +520,16 @@ impl<'a> Run<'a> {
         target: &Target,
         blocking: &Job,
         waited_since: Instant,
-    ) -> Result<(), RunError> {
+    ) -> Result<(), GuardError> {
         let name = blocking.metadata.name.clone().unwrap_or_default();
         let bound = self.engine.options.bounds.concurrency_wait;
         let left = bound.saturating_sub(waited_since.elapsed());
         if left.is_zero() {
-            return Err(RunError::new(
-                ErrorCode::K8sConcurrentRunBlocked,
-                format!(
-                    "Job {}/{name} of this agent was still being deleted after {} s; check its pod's finalizers, then retry",
-                    target.namespace,
-                    bound.as_secs()
-                ),
-            ));
+            return Err(GuardError::StillDeleting {
+                namespace: target.namespace.clone(),
+                job: name,
+                waited: bound,
+            });
         }
         self.notice(format!(
             "waiting for Job {}/{name}, another run of this agent, to be deleted",
@@ -499,7 +538,7 @@ impl<'a> Run<'a> {
         .await;
         let mut sub = target.watch.subscribe(&name);
         tokio::select! {
-            () = self.cancel.cancelled() => Err(RunError::new(ErrorCode::Cancelled, "cancelled while waiting for another run of this agent")),
+            () = self.cancel.cancelled() => Err(GuardError::Cancelled),
             () = tokio::time::sleep(left) => Ok(()),
             () = wait_until_gone(&mut sub) => Ok(()),
         }
@@ -817,16 +856,13 @@ impl Follow {
         self.logs_done = true;
         let error = match self.log_task.take()?.await {
             Ok(Ok(_)) => return None,
-            Ok(Err(err)) => err.to_run_error(),
-            Err(err) => RunError::new(
-                ErrorCode::AdapterInternal,
-                format!("the log follower failed: {err}; the output is incomplete"),
-            ),
+            Ok(Err(err)) => err.into_output_error(),
+            Err(source) => OutputError::Follower { source },
         };
-        let notice = format!("{}; the output after that point is missing", error.message);
+        let notice = format!("{error}; the output after that point is missing");
         self.output_error = Some(Blocker {
-            code: error.code,
-            message: error.message,
+            code: error.code(),
+            message: error.to_string(),
         });
         Some(notice)
     }
@@ -1147,16 +1183,7 @@ impl Follow {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-        let path = format!("{}/../../fixtures/kube/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
-    fn first_pod(name: &str) -> Pod {
-        let list: serde_json::Value = fixture(name);
-        serde_json::from_value(list["items"][0].clone()).unwrap()
-    }
+    use crate::lifecycle::fixtures::{first_pod, fixture};
 
     /// The pod updates a real watch delivered, from scheduled to succeeded (exit 0).
     fn lifecycle_pods() -> Vec<Pod> {

@@ -215,16 +215,7 @@ pub(crate) fn event_blocker(event: &Event) -> Option<Blocker> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-        let path = format!("{}/../../fixtures/kube/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
-    fn first_pod(name: &str) -> Pod {
-        let list: serde_json::Value = fixture(name);
-        serde_json::from_value(list["items"][0].clone()).unwrap()
-    }
+    use crate::lifecycle::fixtures::{first_pod, fixture};
 
     #[test]
     fn only_complete_and_failed_are_terminal() {

@@ -892,19 +892,18 @@ async fn refused_runs_create_nothing() {
     let mut off_claim = request("run-off-claim", "agent-1");
     off_claim.cwd = Some("/srv/elsewhere".into());
     let err = run_error(&engine, off_claim, &h.config(json!({}))).await;
-    assert_eq!(err.code, ErrorCode::ConfigInvalid);
-    assert!(err.message.contains("/srv/elsewhere"), "{}", err.message);
+    assert_eq!(err.code(), ErrorCode::ConfigInvalid);
+    assert!(err.to_string().contains("/srv/elsewhere"), "{err}");
 
     // The agent config names the cluster's own kubeconfig file: refused, no client is built.
     let mut by_path = h.config(json!({}));
     by_path.kubeconfig_content = None;
     by_path.kubeconfig = Some(h.cluster.kubeconfig_path().display().to_string());
     let err = run_error(&engine, request("run-by-path", "agent-1"), &by_path).await;
-    assert_eq!(err.code, ErrorCode::ConfigInvalid);
+    assert_eq!(err.code(), ErrorCode::ConfigInvalid);
     assert!(
-        err.message.contains("OPENCODE_K8S_KUBECONFIG_DIR"),
-        "{}",
-        err.message
+        err.to_string().contains("OPENCODE_K8S_KUBECONFIG_DIR"),
+        "{err}"
     );
 
     assert!(h.jobs().is_empty());

@@ -112,12 +112,8 @@ async fn a_run_blocked_past_the_bound_fails_with_the_seed_code() {
     };
     let (first, second) = tokio::join!(first, second);
     let err = second.unwrap_err();
-    assert_eq!(err.code, ErrorCode::K8sConcurrentRunBlocked);
-    assert!(
-        err.message.contains("did not finish within"),
-        "{}",
-        err.message
-    );
+    assert_eq!(err.code(), ErrorCode::K8sConcurrentRunBlocked);
+    assert!(err.to_string().contains("did not finish within"), "{err}");
     assert_eq!(
         first.unwrap().status,
         RunStatus::Succeeded,

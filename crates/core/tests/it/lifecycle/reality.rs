@@ -194,8 +194,8 @@ async fn a_run_refused_midway_removes_what_it_created() {
         )
         .await
         .expect_err("the run is refused");
-    assert_eq!(err.code, ErrorCode::K8sForbidden, "{err}");
-    assert!(err.message.contains("patch"), "{err}");
+    assert_eq!(err.code(), ErrorCode::K8sForbidden, "{err}");
+    assert!(err.to_string().contains("patch"), "{err}");
     let jobs = h.jobs();
     assert!(jobs.is_empty(), "no Job left: {jobs:?}");
     let secrets: Vec<_> = h
@@ -237,8 +237,8 @@ async fn objects_that_cannot_be_removed_are_named_in_the_error() {
         .expect_err("the run is refused");
     let job = h.jobs()[0]["metadata"]["name"].as_str().unwrap().to_owned();
     assert!(
-        err.message.contains(&format!("Job {NS}/{job}"))
-            && err.message.contains(&format!("Secret {NS}/{job}")),
+        err.to_string().contains(&format!("Job {NS}/{job}"))
+            && err.to_string().contains(&format!("Secret {NS}/{job}")),
         "{err}"
     );
 }

@@ -253,7 +253,7 @@ async fn a_job_whose_holder_is_alive_is_waited_for_up_to_the_bound_naming_the_ho
     .await
     .expect("both end");
     let err = waited.expect_err("a live holder is waited for, up to the bound");
-    assert_eq!(err.code, ErrorCode::K8sConcurrentRunBlocked, "{err}");
+    assert_eq!(err.code(), ErrorCode::K8sConcurrentRunBlocked, "{err}");
     assert!(
         waiter
             .lines()
@@ -324,7 +324,7 @@ async fn a_holder_whose_lease_was_taken_over_stops_following_and_leaves_the_job(
     .await
     .expect("the run stops once its renewal finds the new holder");
     let err = result.expect_err("losing the Lease ends following");
-    assert_eq!(err.code, ErrorCode::K8sConcurrentRunBlocked, "{err}");
+    assert_eq!(err.code(), ErrorCode::K8sConcurrentRunBlocked, "{err}");
     assert_eq!(
         h.jobs().len(),
         1,

@@ -372,7 +372,7 @@ async fn a_secret_that_cannot_be_owned_takes_its_job_back() {
         &h.config(json!({})),
     )
     .await;
-    assert_eq!(err.code, ErrorCode::K8sJobCreateFailed, "{err}");
+    assert_eq!(err.code(), ErrorCode::K8sJobCreateFailed, "{err}");
     let name = opencode_k8s_core::manifest::object_name(Some("Fake Agent"), "run-unowned", 1);
     h.wait_gone(Resource::Jobs, &name, "no Job is left running unfollowed")
         .await;
@@ -388,7 +388,7 @@ async fn a_prompt_too_large_creates_nothing() {
     let mut req = request("run-huge", "agent-1");
     req.prompt = "x".repeat(2_000_000);
     let err = run_error(&h.engine(Bounds::default()), req, &h.config(json!({}))).await;
-    assert_eq!(err.code, ErrorCode::PromptTooLarge);
+    assert_eq!(err.code(), ErrorCode::PromptTooLarge);
     assert!(h.jobs().is_empty());
     assert!(h.only_seeded_secrets());
 }
