@@ -178,8 +178,8 @@ fn error_code(err: &anyhow::Error) -> ErrorCode {
         e.code()
     } else if let Some(e) = err.downcast_ref::<CommandError>() {
         e.code()
-    } else if err.downcast_ref::<ClusterError>().is_some() {
-        ErrorCode::K8sApiUnreachable
+    } else if let Some(e) = err.downcast_ref::<ClusterError>() {
+        e.code()
     } else if err.downcast_ref::<InputError>().is_some() {
         ErrorCode::ConfigInvalid
     } else {

@@ -254,3 +254,31 @@ async fn diagnostics_on_a_file_are_plain_readable_lines() {
     assert!(!err.contains('\u{1b}'), "no ANSI escapes: {err:?}");
     assert!(!err.contains("Status {"), "no Debug dump: {err}");
 }
+
+/// Inline kubeconfig content is the agent config's, not the operator's: a credential plugin in it
+/// is refused before any client is built, even by the CLI (which trusts kubeconfig *files*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_kubeconfig_content_with_an_exec_plugin_is_refused_and_never_runs() {
+    let sim = Sim::start().await;
+    let marker = sim.dir.path().join("exec-ran");
+    let content = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:9'}}}}]\ncontexts: [{{name: c, context: {{cluster: c, user: u}}}}]\nusers: [{{name: u, user: {{exec: {{apiVersion: client.authentication.k8s.io/v1, command: touch, args: ['{}']}}}}}}]\n",
+        marker.display()
+    );
+    let out = run(
+        &sim,
+        json!({"kubeconfig": "", "kubeconfigContent": content}),
+        "hi",
+        &["--pod", POD],
+    )
+    .await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("\ncode: config_invalid\nhint: "), "{err}");
+    assert!(
+        err.contains("kubeconfigContent"),
+        "the field is named: {err}"
+    );
+    assert!(!marker.exists(), "the exec plugin never ran");
+    assert!(sim.jobs().is_empty());
+}

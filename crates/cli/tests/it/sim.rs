@@ -16,7 +16,7 @@ pub(crate) struct Sim {
     /// Holds the fake `opencode`, readable by the pod's user.
     bin: AgentBin,
     /// Configs and kubeconfigs written for the binary.
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Sim {
