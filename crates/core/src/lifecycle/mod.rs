@@ -7,12 +7,19 @@
 //! resume is retried once, fresh, within the same run. Cancellation deletes the Job; the host
 //! process shutting down never does — its Lease expires, and the next run of the agent, with or
 //! without a task key, harvests the orphaned Job and then runs its own prompt.
+//!
+//! `run` drives those steps; `follow` holds the phases one attempt passes through (`Phase`:
+//! Pending → Scheduled → Running → Ended → Done) as transitions over what is observed; `logs`
+//! delivers the container's output; `status` reads Jobs and pods; `lease`, `guard`, `objects`,
+//! `informer`, `introspect`, `gc`, `doctor` and `retry` are one noun each; `error` and `result`
+//! are what a run returns.
 
 pub mod cluster;
 mod doctor;
 mod error;
 #[cfg(test)]
 mod fixtures;
+mod follow;
 mod gc;
 mod guard;
 mod informer;
