@@ -2,7 +2,7 @@
 //! through one engine in one namespace of the real-cluster tier (crates/cluster-tests), as a
 //! ServiceAccount bound to the generated Role. Per run it measures the seconds the engine adds
 //! around the agent — execute → the container's first output, and the container's last output
-//! → the result, both by when the output reached the sink (see [`output_span`]) — and, from the
+//! → the result, both by when the output reached the sink (see [`Record::output_span`]) — and, from the
 //! API server's audit log, the requests the engine made.
 
 use std::collections::BTreeMap;
@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use opencode_k8s_cluster_tests::{AuditLog, Record, Tier, total};
-use opencode_k8s_core::event::RunEvent;
 use opencode_k8s_core::lifecycle::{Bounds, RunStatus};
 use opencode_k8s_core::manifest::RunRequest;
 use serde::Serialize;
@@ -79,19 +78,6 @@ fn seconds(from: SystemTime, to: SystemTime) -> f64 {
     }
 }
 
-/// When the first and the last output reached the sink: the follow stream delivers a line
-/// within milliseconds of the container writing it, while the engine's checkpoints carry
-/// timestamps floored to whole seconds (minus a skew margin) and cannot time it.
-fn output_span(sink: &Record) -> Option<(SystemTime, SystemTime)> {
-    let times: Vec<SystemTime> = sink
-        .events()
-        .into_iter()
-        .filter(|r| matches!(r.event, RunEvent::Output { .. }))
-        .map(|r| r.at)
-        .collect();
-    Some((*times.iter().min()?, *times.iter().max()?))
-}
-
 /// K runs against the cluster of the admin kubeconfig `kubeconfig`.
 pub(crate) async fn bench(
     kubeconfig: &Path,
@@ -145,8 +131,9 @@ pub(crate) async fn bench(
                 sink.lines().join("\n")
             ));
         }
-        let (first, last) =
-            output_span(&sink).ok_or_else(|| anyhow!("run {i} delivered no output"))?;
+        let (first, last) = sink
+            .output_span()
+            .ok_or_else(|| anyhow!("run {i} delivered no output"))?;
         to_running.push(seconds(started, first));
         to_result.push(seconds(last, ended));
         if let (Some(audit), Some(mark)) = (&audit, mark) {
