@@ -81,12 +81,12 @@ impl NamespaceWatch {
             .labels(&managed)
             .timeout(WATCH_TIMEOUT_SECS);
         let mut tasks = JoinSet::new();
-        tasks.spawn(watch_jobs(
+        tasks.spawn(watch_cached::<Job>(
             Api::namespaced(client.clone(), namespace),
             config.clone(),
             shared.clone(),
         ));
-        tasks.spawn(watch_pods(
+        tasks.spawn(watch_cached::<Pod>(
             Api::namespaced(client.clone(), namespace),
             config,
             shared.clone(),
@@ -195,69 +195,104 @@ impl Relist {
     }
 }
 
-async fn watch_jobs(api: Api<Job>, config: watcher::Config, shared: Arc<Mutex<Shared>>) {
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut relist = Relist::default();
-    while let Some(event) = stream.next().await {
-        let mut shared = lock(&shared);
-        match event {
-            Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
-                let name = job.metadata.name.clone().unwrap_or_default();
-                relist.saw(&name);
-                let job = Arc::new(job);
-                shared.send(&name, Update::Job(job.clone()));
-                shared.jobs.insert(name, job);
-            }
-            Ok(watcher::Event::Delete(job)) => {
-                let name = job.metadata.name.unwrap_or_default();
-                shared.jobs.remove(&name);
-                shared.send(&name, Update::JobGone);
-            }
-            Ok(watcher::Event::Init) => relist.start(),
-            Ok(watcher::Event::InitDone) => {
-                for name in relist.finish(&shared.jobs) {
-                    shared.jobs.remove(&name);
-                    shared.send(&name, Update::JobGone);
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "job watch interrupted; retrying"),
-        }
+/// A kind the shared watches cache by name and fan out to the runs of its Job.
+trait Cached:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind as the warnings name it.
+    const WATCH: &'static str;
+    /// Its cache in the shared state.
+    fn cache(shared: &mut Shared) -> &mut HashMap<String, Arc<Self>>;
+    /// The Job whose runs care about it.
+    fn job(&self) -> Option<&str>;
+    /// The update a change to it sends.
+    fn changed(this: &Arc<Self>) -> Update;
+    /// The update its deletion sends.
+    fn gone(name: String) -> Update;
+}
+
+impl Cached for Job {
+    const WATCH: &'static str = "job";
+
+    fn cache(shared: &mut Shared) -> &mut HashMap<String, Arc<Self>> {
+        &mut shared.jobs
+    }
+
+    fn job(&self) -> Option<&str> {
+        self.metadata.name.as_deref()
+    }
+
+    fn changed(this: &Arc<Self>) -> Update {
+        Update::Job(this.clone())
+    }
+
+    fn gone(_: String) -> Update {
+        Update::JobGone
     }
 }
 
-async fn watch_pods(api: Api<Pod>, config: watcher::Config, shared: Arc<Mutex<Shared>>) {
+impl Cached for Pod {
+    const WATCH: &'static str = "pod";
+
+    fn cache(shared: &mut Shared) -> &mut HashMap<String, Arc<Self>> {
+        &mut shared.pods
+    }
+
+    fn job(&self) -> Option<&str> {
+        pod_job(self)
+    }
+
+    fn changed(this: &Arc<Self>) -> Update {
+        Update::Pod(this.clone())
+    }
+
+    fn gone(name: String) -> Update {
+        Update::PodGone(name)
+    }
+}
+
+/// Keep the cache of `K` current and tell the runs of each object's Job what changed. After a
+/// re-list (a watch that could not resume), what the list no longer holds is gone.
+async fn watch_cached<K: Cached>(api: Api<K>, config: watcher::Config, shared: Arc<Mutex<Shared>>) {
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut relist = Relist::default();
     while let Some(event) = stream.next().await {
-        let mut shared = lock(&shared);
+        let mut guard = lock(&shared);
+        let shared = &mut *guard;
         match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                let name = pod.metadata.name.clone().unwrap_or_default();
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                let name = object.meta().name.clone().unwrap_or_default();
                 relist.saw(&name);
-                let pod = Arc::new(pod);
-                if let Some(job) = pod_job(&pod) {
-                    shared.send(job, Update::Pod(pod.clone()));
+                let object = Arc::new(object);
+                if let Some(job) = object.job() {
+                    shared.send(job, K::changed(&object));
                 }
-                shared.pods.insert(name, pod);
+                K::cache(shared).insert(name, object);
             }
-            Ok(watcher::Event::Delete(pod)) => {
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                shared.pods.remove(&name);
-                if let Some(job) = pod_job(&pod) {
-                    shared.send(job, Update::PodGone(name));
+            Ok(watcher::Event::Delete(object)) => {
+                let name = object.meta().name.clone().unwrap_or_default();
+                K::cache(shared).remove(&name);
+                if let Some(job) = object.job() {
+                    shared.send(job, K::gone(name));
                 }
             }
             Ok(watcher::Event::Init) => relist.start(),
             Ok(watcher::Event::InitDone) => {
-                for name in relist.finish(&shared.pods) {
-                    if let Some(pod) = shared.pods.remove(&name)
-                        && let Some(job) = pod_job(&pod)
+                for name in relist.finish(K::cache(shared)) {
+                    if let Some(object) = K::cache(shared).remove(&name)
+                        && let Some(job) = object.job()
                     {
-                        shared.send(job, Update::PodGone(name));
+                        shared.send(job, K::gone(name));
                     }
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "pod watch interrupted; retrying"),
+            Err(err) => tracing::warn!(error = %err, "{} watch interrupted; retrying", K::WATCH),
         }
     }
 }
