@@ -162,7 +162,7 @@ async fn demo(args: Args, say: &Say) -> anyhow::Result<ExitCode> {
         .run(request(&args.prompt)?, &config, &sink, cancel)
         .await;
     // Its namespace watches would outlive the run and see the cluster shut down below.
-    drop(engine);
+    engine.shutdown().await;
     on_ctrl_c.abort();
     sink.flush();
     let result = outcome?;

@@ -111,7 +111,7 @@ async fn run_turn(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = engine.run(request, &config, &sink, cancel).await;
     // The engine keeps its namespace watches for a later run; this process has none, so stop
     // them now rather than let them report the connections the exit closes.
-    drop(engine);
+    engine.shutdown().await;
     signals.abort();
     if let Some(ticker) = ticker {
         ticker.abort();

@@ -56,10 +56,11 @@ impl Shared {
     }
 }
 
-/// The shared watches of one namespace. Dropping the last handle stops them.
+/// The shared watches of one namespace. Dropping the last handle stops them; [`Self::stop`]
+/// also waits until they have.
 pub(crate) struct NamespaceWatch {
     shared: Arc<Mutex<Shared>>,
-    _tasks: JoinSet<()>,
+    tasks: JoinSet<()>,
 }
 
 impl fmt::Debug for NamespaceWatch {
@@ -97,10 +98,13 @@ impl NamespaceWatch {
             events,
             shared.clone(),
         ));
-        Self {
-            shared,
-            _tasks: tasks,
-        }
+        Self { shared, tasks }
+    }
+
+    /// Stop the watches and wait until they have: none of them reports anything afterwards,
+    /// not even the connections a process exit closes under them.
+    pub(crate) async fn stop(mut self) {
+        self.tasks.shutdown().await;
     }
 
     /// Receive every change to Job `job`, its pods and their Events, starting with what is

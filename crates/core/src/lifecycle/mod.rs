@@ -199,6 +199,19 @@ impl Engine {
             .await
     }
 
+    /// Stop the engine's shared watches and wait until they have, so that nothing they report
+    /// follows the last result: for a process that exits after its runs (the CLI). Runs still
+    /// in progress keep theirs.
+    pub async fn shutdown(self) {
+        let watches = std::mem::take(&mut *lock(&self.watches));
+        drop(self);
+        for (watch, _) in watches.into_values() {
+            if let Ok(watch) = Arc::try_unwrap(watch) {
+                watch.stop().await;
+            }
+        }
+    }
+
     fn namespace_watch(
         &self,
         source: &ClusterSource,
