@@ -405,6 +405,57 @@ pub(crate) enum Deleted {
 
 /// Deletes like `DELETE` does. Pods on a node with a live container are only marked: the kubelet
 /// stops the container with the grace period, then removes them.
+/// `DeleteOptions.preconditions`: delete only this version (or incarnation) of the object.
+#[derive(Debug, Default)]
+pub(crate) struct Preconditions {
+    pub(crate) resource_version: Option<String>,
+    pub(crate) uid: Option<String>,
+}
+
+impl Preconditions {
+    /// From a `DeleteOptions` body.
+    pub(crate) fn parse(options: &Value) -> Self {
+        let field = |name: &str| options["preconditions"][name].as_str().map(str::to_owned);
+        Preconditions {
+            resource_version: field("resourceVersion"),
+            uid: field("uid"),
+        }
+    }
+
+    /// 409 Conflict, worded as the API server does (fixture 42), when `obj` is not what the
+    /// delete was for.
+    fn check(&self, resource: Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
+        let meta = &obj["metadata"];
+        for (what, wanted, field, why) in [
+            ("UID", &self.uid, "uid", "deleted and then recreated"),
+            (
+                "ResourceVersion",
+                &self.resource_version,
+                "resourceVersion",
+                "modified",
+            ),
+        ] {
+            let stored = meta[field].as_str().unwrap_or_default();
+            if let Some(wanted) = wanted
+                && wanted != stored
+            {
+                return Err(ApiError {
+                    code: 409,
+                    reason: "Conflict",
+                    message: format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the {what} in the precondition ({wanted}) does not match the {what} in record ({stored}). The object might have been {why}",
+                        resource.qualified_kind()
+                    ),
+                    details: Some(
+                        json!({"name": name, "group": resource.group(), "kind": resource.kind()}),
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 pub(crate) fn delete(
     store: &Store,
     resource: Resource,
@@ -413,9 +464,31 @@ pub(crate) fn delete(
     propagation: Option<Propagation>,
     grace: Option<i64>,
 ) -> Result<Deleted, ApiError> {
+    delete_if(
+        store,
+        resource,
+        ns,
+        name,
+        propagation,
+        grace,
+        &Preconditions::default(),
+    )
+}
+
+/// [`delete`] with the delete's preconditions: a removal checks them under the store's lock.
+pub(crate) fn delete_if(
+    store: &Store,
+    resource: Resource,
+    ns: &str,
+    name: &str,
+    propagation: Option<Propagation>,
+    grace: Option<i64>,
+    preconditions: &Preconditions,
+) -> Result<Deleted, ApiError> {
     let obj = store
         .get(resource, ns, name)
         .ok_or_else(|| ApiError::not_found(resource, name))?;
+    preconditions.check(resource, name, &obj)?;
     if !obj["metadata"]["deletionTimestamp"].is_null() {
         return Ok(Deleted::Marked(obj));
     }
@@ -492,7 +565,9 @@ pub(crate) fn delete(
                 .ok_or_else(|| ApiError::not_found(resource, name))
         }
         Propagation::Background => store
-            .remove(resource, ns, name)
+            .remove_if(resource, ns, name, |current| {
+                preconditions.check(resource, name, current)
+            })?
             .map(Deleted::Gone)
             .ok_or_else(|| ApiError::not_found(resource, name)),
     }

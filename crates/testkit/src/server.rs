@@ -424,7 +424,16 @@ fn delete(call: &Call, resource: Resource, ns: &str, name: &str) -> Result<Respo
         .get("gracePeriodSeconds")
         .and_then(|g| g.parse().ok())
         .or_else(|| options["gracePeriodSeconds"].as_i64());
-    match objects::delete(&call.shared.store, resource, ns, name, policy, grace)? {
+    let preconditions = objects::Preconditions::parse(&options);
+    match objects::delete_if(
+        &call.shared.store,
+        resource,
+        ns,
+        name,
+        policy,
+        grace,
+        &preconditions,
+    )? {
         Deleted::Marked(obj) => Ok(json_response(200, &*obj)),
         // Pods answer with the deleted object, other resources with a Status (fixture 29).
         Deleted::Gone(obj) if resource == Resource::Pods => Ok(json_response(200, &*obj)),

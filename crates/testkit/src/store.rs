@@ -343,13 +343,32 @@ impl Store {
 
     /// Removes an object; the DELETED change carries its last state at a new resourceVersion.
     pub(crate) fn remove(&self, resource: Resource, ns: &str, name: &str) -> Option<Arc<Value>> {
+        self.remove_if(resource, ns, name, |_| Ok(()))
+            .ok()
+            .flatten()
+    }
+
+    /// Like [`Store::remove`], when `check` accepts the object as stored (under the same lock, as
+    /// the API server checks a delete's preconditions); `Ok(None)` when there is none.
+    pub(crate) fn remove_if(
+        &self,
+        resource: Resource,
+        ns: &str,
+        name: &str,
+        check: impl FnOnce(&Value) -> Result<(), ApiError>,
+    ) -> Result<Option<Arc<Value>>, ApiError> {
         let mut inner = self.lock();
-        let old = inner
+        let table = &mut inner
             .tables
             .get_mut(&resource)
             .expect("every resource has a table")
-            .objects
-            .remove(&(ns.to_owned(), name.to_owned()))?;
+            .objects;
+        let key = (ns.to_owned(), name.to_owned());
+        let Some(current) = table.get(&key) else {
+            return Ok(None);
+        };
+        check(current)?;
+        let old = table.remove(&key).expect("just looked up");
         Self::index(&mut inner, resource, Some(&old), None);
         inner.rv += 1;
         let mut last = (*old).clone();
@@ -362,7 +381,7 @@ impl Store {
             last.clone(),
             None,
         );
-        Some(last)
+        Ok(Some(last))
     }
 
     /// Starts a watch: the initial events and a receiver of later changes, taken under one lock

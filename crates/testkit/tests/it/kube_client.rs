@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt as _};
 use opencode_k8s_testkit::Verb;
 use serde_json::json;
 
-use crate::{WAIT, demo_job, kube_client, start};
+use crate::{WAIT, demo_job, fixture, kube_client, start};
 
 fn job(name: &str, command: &str) -> Job {
     serde_json::from_value(demo_job(name, command)).unwrap()
@@ -323,4 +323,66 @@ async fn leases_give_exactly_one_winner_through_resource_versions() {
         2,
         "both replaces reached the server"
     );
+}
+
+/// A delete with a resourceVersion precondition removes only that version: after a write it is
+/// 409 Conflict, worded as the API server words it (fixture 42), and the object stays.
+#[tokio::test]
+async fn a_delete_with_a_stale_resource_version_precondition_is_refused() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{DeleteParams, Preconditions};
+    let cluster = start().await;
+    let client = kube_client(&cluster).await;
+    let leases: Api<Lease> = Api::namespaced(client, "capture");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "agent-1"},
+        "spec": {"leaseDurationSeconds": 30},
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    let seen = created.metadata.resource_version.clone();
+    let mut taken = created;
+    taken.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let taken = leases
+        .replace("agent-1", &PostParams::default(), &taken)
+        .await
+        .unwrap();
+    let only = |version: Option<String>| DeleteParams {
+        preconditions: Some(Preconditions {
+            resource_version: version,
+            uid: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let refused = leases
+        .delete("agent-1", &only(seen.clone()))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = &refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    let real = fixture("42-delete-precondition-conflict.json");
+    let (real_seen, real_stored) = ("13148", "13149");
+    assert_eq!(
+        status.message,
+        real["message"]
+            .as_str()
+            .unwrap()
+            .replace(real_seen, &seen.unwrap())
+            .replace(
+                real_stored,
+                taken.metadata.resource_version.as_deref().unwrap()
+            )
+    );
+    assert_eq!(
+        status.details.as_ref().unwrap().kind,
+        real["details"]["kind"]
+    );
+    assert!(leases.get_opt("agent-1").await.unwrap().is_some());
+    leases
+        .delete("agent-1", &only(taken.metadata.resource_version))
+        .await
+        .unwrap();
+    assert!(leases.get_opt("agent-1").await.unwrap().is_none());
 }
