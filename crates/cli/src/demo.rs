@@ -96,32 +96,100 @@ async fn demo(args: Args, say: &Say) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let agent = choose_agent(&args);
     say("opencode-k8s demo: one agent turn through the real engine");
-    say("  cluster: simulated cluster (testkit) — no real Kubernetes; pods run as local processes");
-    let cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .context("failed to start the simulated cluster")?;
-    cluster
-        .seed_paperclip_pod(NAMESPACE)
-        .map_err(|e| anyhow::anyhow!("failed to seed the Paperclip pod: {}", e.message))?;
+    let world = World::start(&args, &agent, say).await?;
+    say(&format!("  prompt:  {}", args.prompt));
+    say("");
+    let result = world.run_turn(&args, say).await?;
+    say("");
+    for line in result_text(&result).lines() {
+        say(line);
+    }
+    print_job(&world.cluster, &result, say);
+    world.cluster.shutdown().await;
+    say("");
     say(&format!(
-        "           {} with a Paperclip pod and its RWX volume in namespace {NAMESPACE}",
-        cluster.url()
+        "Done in {:.1} s; the simulated cluster, the fake LLM and their files are gone.",
+        started.elapsed().as_secs_f64()
     ));
-    let fake = FakeLlm::start()
-        .await
-        .context("failed to start the fake LLM")?;
-    let unused = if args.scripted || matches!(agent, Agent::Scripted(_)) {
-        " (the stand-in does not call it)"
-    } else {
-        ""
-    };
-    say(&format!(
-        "  LLM:     fake OpenAI-compatible server (test double) at {}, model {}{unused}",
-        fake.base_url(),
-        args.model.model()
-    ));
-    let bin = BinDir::create()?;
-    match &agent {
+    if matches!(agent, Agent::Scripted(_)) {
+        say("This was the scripted stand-in; run scripts/setup-opencode for the real opencode.");
+    }
+    Ok(result_exit_code(&result))
+}
+
+/// What the demo's turn runs in: the simulated cluster with its Paperclip pod, the fake LLM,
+/// and the directory of the pod's `opencode`.
+struct World {
+    cluster: Cluster,
+    fake: FakeLlm,
+    bin: BinDir,
+}
+
+impl World {
+    /// Start everything, saying what each part is.
+    async fn start(args: &Args, agent: &Agent, say: &Say) -> anyhow::Result<World> {
+        say(
+            "  cluster: simulated cluster (testkit) — no real Kubernetes; pods run as local processes",
+        );
+        let cluster = Cluster::start(ClusterOptions::default())
+            .await
+            .context("failed to start the simulated cluster")?;
+        cluster
+            .seed_paperclip_pod(NAMESPACE)
+            .map_err(|e| anyhow::anyhow!("failed to seed the Paperclip pod: {}", e.message))?;
+        say(&format!(
+            "           {} with a Paperclip pod and its RWX volume in namespace {NAMESPACE}",
+            cluster.url()
+        ));
+        let fake = FakeLlm::start()
+            .await
+            .context("failed to start the fake LLM")?;
+        let unused = if matches!(agent, Agent::Scripted(_)) {
+            " (the stand-in does not call it)"
+        } else {
+            ""
+        };
+        say(&format!(
+            "  LLM:     fake OpenAI-compatible server (test double) at {}, model {}{unused}",
+            fake.base_url(),
+            args.model.model()
+        ));
+        let bin = BinDir::create()?;
+        stage_agent(agent, &bin, say)?;
+        Ok(World { cluster, fake, bin })
+    }
+
+    /// The turn through the engine, its output live; the result once the engine has stopped.
+    async fn run_turn(&self, args: &Args, say: &Say) -> anyhow::Result<RunResult> {
+        let config = config(&self.cluster, &self.fake, &self.bin, args.model)?;
+        let engine = Engine::new(EngineOptions {
+            self_pod: SelfPod::Named {
+                namespace: NAMESPACE.into(),
+                name: "paperclip".into(),
+            },
+            ..EngineOptions::default()
+        });
+        let sink = LiveLog {
+            say,
+            raw: args.raw,
+            partial: Mutex::new(String::new()),
+        };
+        let cancel = CancellationToken::new();
+        let on_ctrl_c = crate::cancel_on_ctrl_c(cancel.clone());
+        let outcome = engine
+            .run(request(&args.prompt)?, &config, &sink, cancel)
+            .await;
+        // Its namespace watches would outlive the run and see the cluster shut down after it.
+        engine.shutdown().await;
+        on_ctrl_c.abort();
+        sink.flush();
+        Ok(outcome?)
+    }
+}
+
+/// Put the chosen `opencode` where the pod finds it.
+fn stage_agent(agent: &Agent, bin: &BinDir, say: &Say) -> anyhow::Result<()> {
+    match agent {
         Agent::Real(path) => {
             llm::stage_opencode(path, bin.path()).with_context(|| {
                 format!("failed to make {} runnable by the pod", path.display())
@@ -140,48 +208,7 @@ async fn demo(args: Args, say: &Say) -> anyhow::Result<ExitCode> {
             ));
         }
     }
-    say(&format!("  prompt:  {}", args.prompt));
-    say("");
-
-    let config = config(&cluster, &fake, &bin, args.model)?;
-    let engine = Engine::new(EngineOptions {
-        self_pod: SelfPod::Named {
-            namespace: NAMESPACE.into(),
-            name: "paperclip".into(),
-        },
-        ..EngineOptions::default()
-    });
-    let sink = LiveLog {
-        say,
-        raw: args.raw,
-        partial: Mutex::new(String::new()),
-    };
-    let cancel = CancellationToken::new();
-    let on_ctrl_c = crate::cancel_on_ctrl_c(cancel.clone());
-    let outcome = engine
-        .run(request(&args.prompt)?, &config, &sink, cancel)
-        .await;
-    // Its namespace watches would outlive the run and see the cluster shut down below.
-    engine.shutdown().await;
-    on_ctrl_c.abort();
-    sink.flush();
-    let result = outcome?;
-
-    say("");
-    for line in result_text(&result).lines() {
-        say(line);
-    }
-    print_job(&cluster, &result, say);
-    cluster.shutdown().await;
-    say("");
-    say(&format!(
-        "Done in {:.1} s; the simulated cluster, the fake LLM and their files are gone.",
-        started.elapsed().as_secs_f64()
-    ));
-    if matches!(agent, Agent::Scripted(_)) {
-        say("This was the scripted stand-in; run scripts/setup-opencode for the real opencode.");
-    }
-    Ok(result_exit_code(&result))
+    Ok(())
 }
 
 fn choose_agent(args: &Args) -> Agent {
@@ -401,57 +428,22 @@ fn print_job(cluster: &Cluster, result: &RunResult, say: &Say) {
     };
     let pod = &job["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let words = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|w| match w.as_str() {
-                Some(w) if !w.contains([' ', '"', '$', '<']) => w.to_owned(),
-                Some(w) => format!("'{w}'"),
-                None => w.to_string(),
-            })
-            .collect()
-    };
-    let env: Vec<String> = container["env"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap_or_default();
-            match e["valueFrom"]["secretKeyRef"]["name"].as_str() {
-                Some(secret) => format!("{name} (from Secret {secret})"),
-                // A server-only variable masked over the Paperclip container's envFrom.
-                None if e["value"] == "" => format!("{name} (withheld)"),
-                None => name.to_owned(),
-            }
-        })
-        .collect();
-    let conditions: Vec<&str> = job["status"]["conditions"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter(|c| c["status"] == "True")
-        .filter_map(|c| c["type"].as_str())
-        .collect();
     say("The Job it created (kept for this demo by retainJobs; a real cluster gets the same):");
     say(&format!(
         "  Job {}/{}, conditions: {}",
         result.namespace,
         result.job_name,
-        conditions.join(", ")
+        true_conditions(&job).join(", ")
     ));
     say(&format!(
         "  image {} (inherited from the Paperclip pod; nothing is pulled here), cwd {}",
         container["image"].as_str().unwrap_or_default(),
         container["workingDir"].as_str().unwrap_or_default()
     ));
-    let mut command = words(&container["command"]);
-    command.extend(words(&container["args"]));
+    let mut command = shell_words(&container["command"]);
+    command.extend(shell_words(&container["args"]));
     say(&format!("  command: {}", command.join(" ")));
-    say(&format!("  env: {}", env.join(", ")));
+    say(&format!("  env: {}", env_names(container).join(", ")));
     for (title, value) in [
         ("labels", &job["metadata"]["labels"]),
         ("pod securityContext", &pod["securityContext"]),
@@ -464,6 +456,48 @@ fn print_job(cluster: &Cluster, result: &RunResult, say: &Say) {
             say(&format!("    {line}"));
         }
     }
+}
+
+/// The items of a JSON array, none for anything else.
+fn items(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// A command's words as a shell would need them, quoted where they hold spaces or specials.
+fn shell_words(words: &Value) -> Vec<String> {
+    items(words)
+        .iter()
+        .map(|w| match w.as_str() {
+            Some(w) if !w.contains([' ', '"', '$', '<']) => w.to_owned(),
+            Some(w) => format!("'{w}'"),
+            None => w.to_string(),
+        })
+        .collect()
+}
+
+/// The container's env by name, and where a value comes from when it is not literal.
+fn env_names(container: &Value) -> Vec<String> {
+    items(&container["env"])
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap_or_default();
+            match e["valueFrom"]["secretKeyRef"]["name"].as_str() {
+                Some(secret) => format!("{name} (from Secret {secret})"),
+                // A server-only variable masked over the Paperclip container's envFrom.
+                None if e["value"] == "" => format!("{name} (withheld)"),
+                None => name.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// The types of the Job's conditions that hold.
+fn true_conditions(job: &Value) -> Vec<&str> {
+    items(&job["status"]["conditions"])
+        .iter()
+        .filter(|c| c["status"] == "True")
+        .filter_map(|c| c["type"].as_str())
+        .collect()
 }
 
 /// The scripted stand-in for `opencode run --format json`: prints OpenCode-shaped events (one

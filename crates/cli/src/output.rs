@@ -11,6 +11,22 @@ use crate::exit_status;
 
 /// A run's result in a few lines (each ending in a newline), for after the agent's output.
 pub(crate) fn result_text(result: &RunResult) -> String {
+    let mut out = headline(result);
+    for (label, text) in details(result) {
+        let _ = writeln!(out, "  {label:<9} {}", text.replace('\n', "\n            "));
+    }
+    if result.status != RunStatus::Succeeded && !result.output_tail.trim().is_empty() {
+        let _ = writeln!(
+            out,
+            "  output tail:\n    {}",
+            result.output_tail.trim_end().replace('\n', "\n    ")
+        );
+    }
+    out
+}
+
+/// `[opencode-k8s] result: <status> (<exit>, <code>), Job <namespace>/<name>`.
+fn headline(result: &RunResult) -> String {
     let status = match result.status {
         RunStatus::Succeeded => "succeeded",
         RunStatus::Failed => "failed",
@@ -24,15 +40,17 @@ pub(crate) fn result_text(result: &RunResult) -> String {
         .error_code
         .map(|c| format!(", {c}"))
         .unwrap_or_default();
-    let mut out = format!(
+    format!(
         "[opencode-k8s] result: {status} ({exit}{code}), Job {}/{}\n",
         result.namespace, result.job_name
-    );
-    let mut line = |label: &str, text: &str| {
-        let _ = writeln!(out, "  {label:<9} {}", text.replace('\n', "\n            "));
-    };
+    )
+}
+
+/// The labelled lines under the headline, in the order they are shown.
+fn details(result: &RunResult) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
     if let Some(message) = &result.error_message {
-        line("error:", message);
+        lines.push(("error:", message.clone()));
     }
     if let Some(session) = &result.session {
         let cwd = session
@@ -40,46 +58,34 @@ pub(crate) fn result_text(result: &RunResult) -> String {
             .as_deref()
             .map(|c| format!(" (cwd {c})"))
             .unwrap_or_default();
-        line(
-            "session:",
-            &format!(
-                "{}{cwd}; resume with --session {}",
-                session.session_id, session.session_id
-            ),
-        );
+        let id = &session.session_id;
+        lines.push(("session:", format!("{id}{cwd}; resume with --session {id}")));
     }
     let usage = &result.usage;
-    line(
+    lines.push((
         "tokens:",
-        &format!(
+        format!(
             "{} in, {} cached, {} out",
             usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
         ),
-    );
-    line(
+    ));
+    lines.push((
         "cost:",
-        &format!(
+        format!(
             "${:.6} ({}/{})",
             result.cost_usd, result.provider, result.model
         ),
-    );
+    ));
     if result.attempts > 1 {
-        line(
+        lines.push((
             "attempts:",
-            &format!("{} (the resume was retried fresh)", result.attempts),
-        );
+            format!("{} (the resume was retried fresh)", result.attempts),
+        ));
     }
     if let Some(summary) = &result.summary {
-        line("summary:", summary.trim_end());
+        lines.push(("summary:", summary.trim_end().to_owned()));
     }
-    if result.status != RunStatus::Succeeded && !result.output_tail.trim().is_empty() {
-        let _ = writeln!(
-            out,
-            "  output tail:\n    {}",
-            result.output_tail.trim_end().replace('\n', "\n    ")
-        );
-    }
-    out
+    lines
 }
 
 /// The exit status of a run that came back with a result: 0 when it succeeded, else the status

@@ -44,7 +44,8 @@ pub(crate) struct Args {
     reason = "the YAML on stdout is the command's output"
 )]
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let mut checks = vec![
+    let (subject, subject_checks) = subject(args);
+    let checks = [
         (
             "--namespace",
             args.namespace.clone(),
@@ -56,38 +57,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             syntax::is_dns1123_subdomain(&args.name),
         ),
     ];
-    let subject = match (&args.user, &args.group) {
-        (Some(user), _) => {
-            checks.push(("--user", user.clone(), is_subject_name(user)));
-            RbacSubject::User(user.clone())
-        }
-        (None, Some(group)) => {
-            checks.push(("--group", group.clone(), is_subject_name(group)));
-            RbacSubject::Group(group.clone())
-        }
-        (None, None) => {
-            let namespace = args
-                .service_account_namespace
-                .clone()
-                .unwrap_or_else(|| args.namespace.clone());
-            checks.push((
-                "--service-account",
-                args.service_account.clone(),
-                syntax::is_dns1123_subdomain(&args.service_account),
-            ));
-            checks.push((
-                "--service-account-namespace",
-                namespace.clone(),
-                syntax::is_dns1123_label(&namespace),
-            ));
-            RbacSubject::ServiceAccount {
-                namespace,
-                name: args.service_account.clone(),
-            }
-        }
-    };
-    if let Some((flag, value, _)) = checks.iter().find(|(_, _, ok)| !ok) {
-        let problem = if matches!(*flag, "--user" | "--group") {
+    if let Some((flag, value, _)) = checks
+        .into_iter()
+        .chain(subject_checks)
+        .find(|(_, _, ok)| !ok)
+    {
+        let problem = if matches!(flag, "--user" | "--group") {
             "empty or has control characters; give the name the API server authenticates"
         } else {
             "not a Kubernetes name; use lowercase letters, digits and `-`"
@@ -106,6 +81,47 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     };
     print!("{}", rbac::render_yaml(&opts)?);
     Ok(())
+}
+
+/// A flag, its value, and whether the value is accepted.
+type Check = (&'static str, String, bool);
+
+/// Who the binding names — `--user`, else `--group`, else the ServiceAccount — and the checks
+/// of the flags that say so.
+fn subject(args: &Args) -> (RbacSubject, Vec<Check>) {
+    match (&args.user, &args.group) {
+        (Some(user), _) => (
+            RbacSubject::User(user.clone()),
+            vec![("--user", user.clone(), is_subject_name(user))],
+        ),
+        (None, Some(group)) => (
+            RbacSubject::Group(group.clone()),
+            vec![("--group", group.clone(), is_subject_name(group))],
+        ),
+        (None, None) => {
+            let namespace = args
+                .service_account_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone());
+            let checks = vec![
+                (
+                    "--service-account",
+                    args.service_account.clone(),
+                    syntax::is_dns1123_subdomain(&args.service_account),
+                ),
+                (
+                    "--service-account-namespace",
+                    namespace.clone(),
+                    syntax::is_dns1123_label(&namespace),
+                ),
+            ];
+            let subject = RbacSubject::ServiceAccount {
+                namespace,
+                name: args.service_account.clone(),
+            };
+            (subject, checks)
+        }
+    }
 }
 
 /// User and group names are free-form strings to RBAC (`alice@example.com`,

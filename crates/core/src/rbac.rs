@@ -316,7 +316,6 @@ fn labels() -> BTreeMap<String, String> {
 /// listed in the header (both are optional). Cluster-scoped: a ClusterRole with every rule and a
 /// ClusterRoleBinding.
 pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
-    let subject = opts.subject.to_subject();
     let mut out = String::from(
         "# RBAC for opencode-k8s, generated from its table of verbs (opencode-k8s rbac).\n",
     );
@@ -325,32 +324,7 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
             "# ClusterRole: agent Jobs in any namespace, run by {}.\n",
             opts.subject
         ));
-        let role = ClusterRole {
-            metadata: ObjectMeta {
-                name: Some(opts.name.clone()),
-                labels: Some(labels()),
-                ..Default::default()
-            },
-            rules: Some(policy_rules(|_| true)),
-            aggregation_rule: None,
-        };
-        let binding = ClusterRoleBinding {
-            metadata: ObjectMeta {
-                name: Some(opts.name.clone()),
-                labels: Some(labels()),
-                ..Default::default()
-            },
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "ClusterRole".into(),
-                name: opts.name.clone(),
-            },
-            subjects: Some(vec![subject.clone()]),
-        };
-        vec![
-            serde_saphyr::to_string(&role)?,
-            serde_saphyr::to_string(&binding)?,
-        ]
+        cluster_docs(opts)?
     } else {
         out.push_str(&format!(
             "# Role in namespace {}, run by {}.\n# Not included (cluster-scoped, optional; use --cluster-scoped to grant them):\n",
@@ -363,29 +337,7 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
                 r.verb, r.resource, r.why
             ));
         }
-        let meta = ObjectMeta {
-            name: Some(opts.name.clone()),
-            namespace: Some(opts.namespace.clone()),
-            labels: Some(labels()),
-            ..Default::default()
-        };
-        let role = Role {
-            metadata: meta.clone(),
-            rules: Some(policy_rules(|r| r.scope == Scope::Namespaced)),
-        };
-        let binding = RoleBinding {
-            metadata: meta,
-            role_ref: RoleRef {
-                api_group: "rbac.authorization.k8s.io".into(),
-                kind: "Role".into(),
-                name: opts.name.clone(),
-            },
-            subjects: Some(vec![subject.clone()]),
-        };
-        vec![
-            serde_saphyr::to_string(&role)?,
-            serde_saphyr::to_string(&binding)?,
-        ]
+        namespaced_docs(opts)?
     };
     for doc in docs {
         out.push_str("---\n");
@@ -395,6 +347,61 @@ pub fn render_yaml(opts: &RbacOptions) -> Result<String, RbacError> {
         }
     }
     Ok(out)
+}
+
+/// A ClusterRole with every rule and its binding, as YAML documents.
+fn cluster_docs(opts: &RbacOptions) -> Result<Vec<String>, RbacError> {
+    let meta = ObjectMeta {
+        name: Some(opts.name.clone()),
+        labels: Some(labels()),
+        ..Default::default()
+    };
+    let role = ClusterRole {
+        metadata: meta.clone(),
+        rules: Some(policy_rules(|_| true)),
+        aggregation_rule: None,
+    };
+    let binding = ClusterRoleBinding {
+        metadata: meta,
+        role_ref: role_ref("ClusterRole", opts),
+        subjects: Some(vec![opts.subject.to_subject()]),
+    };
+    Ok(vec![
+        serde_saphyr::to_string(&role)?,
+        serde_saphyr::to_string(&binding)?,
+    ])
+}
+
+/// A Role with the namespaced rules in the agents' namespace and its binding, as YAML
+/// documents.
+fn namespaced_docs(opts: &RbacOptions) -> Result<Vec<String>, RbacError> {
+    let meta = ObjectMeta {
+        name: Some(opts.name.clone()),
+        namespace: Some(opts.namespace.clone()),
+        labels: Some(labels()),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(policy_rules(|r| r.scope == Scope::Namespaced)),
+    };
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: role_ref("Role", opts),
+        subjects: Some(vec![opts.subject.to_subject()]),
+    };
+    Ok(vec![
+        serde_saphyr::to_string(&role)?,
+        serde_saphyr::to_string(&binding)?,
+    ])
+}
+
+fn role_ref(kind: &str, opts: &RbacOptions) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: opts.name.clone(),
+    }
 }
 
 #[cfg(test)]
