@@ -8,7 +8,8 @@
 // volume instead. The pod's HOME is the agent's own state directory on the volume (the engine's
 // `agentHome`, mounted at the same path in the Paperclip pod and in the agent pod), so each
 // agent's skills are copied into its own `<agent home>/.claude/skills`: an agent sees only its
-// own skills, and no other agent's run touches them.
+// own skills, and no other agent's run touches them. A skill the agent no longer has is removed
+// again; only the copies this adapter made (they carry its stamp) are ever removed.
 import { createHash, randomUUID } from "node:crypto";
 import fs from "node:fs/promises";
 import path from "node:path";
@@ -100,27 +101,77 @@ async function install(source, target) {
   return current === null ? "installed" : "refreshed";
 }
 
+/** A staging or retired copy of a skill that a run of this instance is replacing right now. */
+const IN_FLIGHT = /\.(tmp|old)-[0-9a-f-]{36}$/;
+
+/**
+ * Whether `dir`, or a directory between `home` and it, is a symlink. The agent's pod writes its
+ * HOME; this process must not follow a link planted there out of it (into another agent's home
+ * or the server's files).
+ */
+async function linkedOut(home, dir) {
+  for (let p = dir; p.startsWith(home + path.sep); p = path.dirname(p)) {
+    const stat = await fs.lstat(p).catch(() => null);
+    if (stat?.isSymbolicLink()) return true;
+  }
+  return false;
+}
+
+/**
+ * Remove the skills this adapter copied earlier that are not in `keep`: the directories of
+ * `skillsHome` carrying the source stamp. Skills the agent or an operator put there themselves
+ * (no stamp) stay. Returns the names removed.
+ */
+async function removeUnwanted(skillsHome, keep) {
+  const entries = await fs.readdir(skillsHome, { withFileTypes: true }).catch(() => []);
+  const removed = [];
+  for (const entry of entries) {
+    if (!entry.isDirectory() || keep.has(entry.name) || IN_FLIGHT.test(entry.name)) continue;
+    const dir = path.join(skillsHome, entry.name);
+    const stamped = await fs.access(path.join(dir, STAMP)).then(() => true, () => false);
+    if (!stamped) continue;
+    await fs.rm(dir, { recursive: true, force: true });
+    removed.push(entry.name);
+  }
+  return removed;
+}
+
 /**
  * Put the agent's desired runtime skills into `<home>/.claude/skills`, `home` being where this
- * process sees the agent's HOME ([hostAgentHome]). Returns the runtime names of the skills that
- * are there; a skill that cannot be copied is reported through `warn` and skipped (the run goes
- * on without it, as with opencode_local). Nothing is created for an agent without skills.
+ * process sees the agent's HOME ([hostAgentHome]), and remove the ones it copied earlier that
+ * the agent no longer has. Returns the runtime names of the skills that are there; a skill that
+ * cannot be copied is reported through `log` and skipped (the run goes on without it, as with
+ * opencode_local), and so is a removal. Nothing is created for an agent without skills.
  */
-export async function materializeSkills(config, home, warn) {
+export async function materializeSkills(config, home, log) {
   const entries = await readPaperclipRuntimeSkillEntries(config, moduleDir);
   const desired = new Set(resolveLegacyPaperclipDesiredSkillNames(config, entries));
   const skillsHome = path.join(home, ".claude", "skills");
+  if (await linkedOut(home, skillsHome)) {
+    await log(`${skillsHome} or its parent is a symlink; skills are not copied or removed there, and the run goes on without them`);
+    return [];
+  }
+  const wanted = entries.filter((entry) => desired.has(entry.key));
   const present = [];
-  for (const entry of entries) {
-    if (!desired.has(entry.key) || isPaperclipSkillSourceMissing(entry)) continue;
+  for (const entry of wanted) {
+    if (isPaperclipSkillSourceMissing(entry)) continue;
     try {
       await ensureHome(home);
       await fs.mkdir(skillsHome, { recursive: true });
       await install(entry.source, path.join(skillsHome, entry.runtimeName));
       present.push(entry.runtimeName);
     } catch (err) {
-      await warn(`could not copy skill "${entry.key}" into ${skillsHome}: ${err.message}; the run goes on without it`);
+      await log(`could not copy skill "${entry.key}" into ${skillsHome}: ${err.message}; the run goes on without it`);
     }
+  }
+  try {
+    // A wanted skill whose copy failed keeps the copy it had.
+    const keep = new Set(wanted.map((entry) => entry.runtimeName));
+    for (const name of await removeUnwanted(skillsHome, keep)) {
+      await log(`removed skill "${name}" from ${skillsHome}: the agent no longer has it`);
+    }
+  } catch (err) {
+    await log(`could not remove skills the agent no longer has from ${skillsHome}: ${err.message}`);
   }
   return present;
 }

@@ -3,7 +3,7 @@
 // is measured, not modelled: opencode_local's execute runs against a stand-in `opencode` and
 // reports the prompt it sends through onMeta.
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -135,6 +135,43 @@ test("the desired skills are copied whole into the agent home's skills, once, an
   const desired = { ...ctx.config, paperclipSkillSync: { desiredSkills: ["paperclipai/paperclip/paperclip-board"] } };
   assert.deepEqual(await materializeSkills(desired, agentHome, warn), ["paperclip", "paperclip-board"]);
   assert.ok(existsSync(join(home, "paperclip-board", "SKILL.md")));
+});
+
+test("a skill the agent no longer has is removed, and only the copies the adapter made", async () => {
+  const root = join(dir, "unwanted");
+  const ctx = localContext("paperclip/ctx-issue-assigned.json", root);
+  const agentHome = join(root, "volume", ".opencode-k8s", "company", "agent");
+  const home = join(agentHome, ".claude", "skills");
+  const lines = [];
+  const log = async (line) => lines.push(line);
+  const both = { ...ctx.config, paperclipSkillSync: { desiredSkills: ["paperclipai/paperclip/paperclip-board"] } };
+  assert.deepEqual(await materializeSkills(both, agentHome, log), ["paperclip", "paperclip-board"]);
+  // One the agent wrote itself, without the adapter's stamp.
+  mkdirSync(join(home, "mine"));
+  writeFileSync(join(home, "mine", "SKILL.md"), "---\nname: mine\n---\n");
+
+  assert.deepEqual(await materializeSkills(ctx.config, agentHome, log), ["paperclip"]);
+  assert.ok(!existsSync(join(home, "paperclip-board")), "the unselected skill is gone");
+  assert.ok(existsSync(join(home, "paperclip", "SKILL.md")), "the selected one stays");
+  assert.ok(existsSync(join(home, "mine", "SKILL.md")), "the agent's own skill stays");
+  assert.deepEqual(lines, [`removed skill "paperclip-board" from ${home}: the agent no longer has it`]);
+});
+
+test("a skills directory the agent replaced by a symlink is not followed out of its HOME", async () => {
+  const root = join(dir, "linked");
+  const ctx = localContext("paperclip/ctx-issue-assigned.json", root);
+  const agentHome = join(root, "volume", ".opencode-k8s", "company", "agent");
+  // Another agent's skills, which a link in this agent's HOME points at.
+  const elsewhere = join(root, "volume", ".opencode-k8s", "company", "other", ".claude");
+  mkdirSync(join(elsewhere, "skills", "theirs"), { recursive: true });
+  writeFileSync(join(elsewhere, "skills", "theirs", ".opencode-k8s-source"), "x");
+  mkdirSync(agentHome, { recursive: true });
+  symlinkSync(elsewhere, join(agentHome, ".claude"));
+  const lines = [];
+  assert.deepEqual(await materializeSkills(ctx.config, agentHome, async (line) => lines.push(line)), []);
+  assert.deepEqual(readdirSync(join(elsewhere, "skills")), ["theirs"], "nothing written or removed there");
+  assert.equal(lines.length, 1);
+  assert.match(lines[0], /is a symlink; skills are not copied or removed there/);
 });
 
 test("a skill that cannot be copied is a warning, and the others still land", async () => {
