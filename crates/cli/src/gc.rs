@@ -1,5 +1,6 @@
-//! `opencode-k8s gc`: delete the adapter's finished Jobs older than a bound and per-run Secrets
-//! whose Job is gone; running Jobs are never touched.
+//! `opencode-k8s gc`: delete the adapter's finished Jobs older than a bound, per-run Secrets
+//! whose Job is gone and agents' Leases nobody has held for the bound; running Jobs and held
+//! Leases are never touched.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -20,7 +21,9 @@ use crate::jobs::age;
 Jobs kept by `retainJobs`, or left behind when Paperclip stopped before cleaning up, are deleted
 once finished for longer than --older-than (their pods and Secrets go with them). Secrets whose
 Job is gone are deleted at once; Secrets that never got an owner Job only after --older-than.
-The exit status is 1 when a deletion failed.")]
+An agent's Lease (the guard of one run at a time) is deleted once nobody has held it for
+--older-than; the agent's next run creates it again. The exit status is 1 when a deletion
+failed.")]
 pub(crate) struct Args {
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -96,12 +99,22 @@ fn text(report: &GcReport) -> String {
             report.namespace, secret.name, secret.reason
         );
     }
+    for lease in &report.leases {
+        let _ = writeln!(
+            out,
+            "{verb} Lease {}/{} ({}, last written {} ago)",
+            report.namespace,
+            lease.name,
+            lease.reason,
+            age(lease.age_seconds)
+        );
+    }
     for failure in &report.failures {
         let _ = writeln!(out, "{failure}");
     }
     let _ = writeln!(
         out,
-        "{}: {} Jobs, {} Secrets in namespace {}; {} running Jobs left alone",
+        "{}: {} Jobs, {} Secrets, {} Leases in namespace {}; {} running Jobs left alone",
         if report.dry_run {
             "dry run, nothing deleted"
         } else {
@@ -109,6 +122,7 @@ fn text(report: &GcReport) -> String {
         },
         report.jobs.len(),
         report.secrets.len(),
+        report.leases.len(),
         report.namespace,
         report.running
     );

@@ -176,6 +176,18 @@ pub const RULES: &[Rule] = &[
         "take, renew and release the agent's Lease (one process at a time creates and follows its Jobs)",
     ),
     rule(
+        "coordination.k8s.io",
+        "leases",
+        "list",
+        "gc: find the agents' Leases nobody holds any more",
+    ),
+    rule(
+        "coordination.k8s.io",
+        "leases",
+        "delete",
+        "gc: delete a Lease nobody has held for --older-than (the agent's next run creates it again)",
+    ),
+    rule(
         "",
         "persistentvolumeclaims",
         "get",

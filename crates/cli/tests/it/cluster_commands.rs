@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use opencode_k8s_testkit::Resource;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -80,7 +81,9 @@ async fn jobs_logs_and_gc_of_a_retained_job() {
         .await;
     assert_eq!(out.stdout, fixture("opencode/run1.stdout.jsonl"));
 
-    // gc: a dry run first, then for real.
+    // gc: a dry run first, then for real. The run released the agent's Lease.
+    let leases = || sim.cluster.list_json(Resource::Leases, Some(NS));
+    let lease = leases()[0]["metadata"]["name"].as_str().unwrap().to_owned();
     let out = sim
         .cli(&["gc", "--config", config, "--older-than", "0s", "--dry-run"])
         .await;
@@ -92,13 +95,22 @@ async fn jobs_logs_and_gc_of_a_retained_job() {
         "{}",
         stdout(&out)
     );
-    assert!(stdout(&out).ends_with("dry run, nothing deleted: 1 Jobs, 0 Secrets in namespace paperclip; 0 running Jobs left alone\n"));
+    assert!(
+        stdout(&out).contains(&format!(
+            "\nwould delete Lease paperclip/{lease} (released, last written "
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).ends_with("dry run, nothing deleted: 1 Jobs, 0 Secrets, 1 Leases in namespace paperclip; 0 running Jobs left alone\n"));
     assert_eq!(sim.jobs().len(), 1);
+    assert_eq!(leases().len(), 1);
     let out = sim
         .cli(&["gc", "--config", config, "--older-than", "0s"])
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(&format!("deleted Job paperclip/{job} ")));
+    assert!(leases().is_empty(), "gc deletes the released Lease");
     let out = sim.cli(&["jobs", "--config", config]).await;
     assert_eq!(
         stderr(&out),

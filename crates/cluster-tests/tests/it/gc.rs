@@ -1,15 +1,18 @@
 //! What a run leaves behind on a real cluster: nothing after a cancel; its Secret goes with its
-//! Job (garbage collector); the TTL controller removes a finished Job nobody cleaned up.
+//! Job (garbage collector); the TTL controller removes a finished Job nobody cleaned up; `gc`
+//! removes an agent's Lease nobody holds, and the agent's next run makes it again.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::DeleteParams;
 use opencode_k8s_cluster_tests::{Record, Sandbox, say, tier, wait_for};
 use opencode_k8s_core::error_code::ErrorCode;
-use opencode_k8s_core::lifecycle::RunStatus;
+use opencode_k8s_core::lifecycle::{ClientCache, ClusterSource, RunStatus, gc};
+use opencode_k8s_core::manifest::agent_lease_name;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -181,4 +184,59 @@ async fn the_ttl_removes_a_finished_job_nobody_cleaned_up() {
     say(&format!(
         "real-cluster tier: ttl: Job complete {finished_in:.1?} after the engine left, it and its Secret removed {gone_in:.1?} later (TTL 5 s)"
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_a_lease_nobody_holds_and_the_agent_runs_again() {
+    let Some(tier) = tier("lease_gc").await else {
+        return;
+    };
+    let sandbox = tier.sandbox("lease-gc", Default::default()).await.unwrap();
+    // One engine for both runs: the second first tries to take back the Lease the first
+    // released, which gc deleted in between.
+    let engine = sandbox.engine(bounds());
+    let config = sandbox.config(json!({}));
+    // gc as the engine's ServiceAccount, with the Role `opencode-k8s rbac` generates.
+    let client = ClientCache::default()
+        .client(&ClusterSource::KubeconfigPath(sandbox.kubeconfig.clone()))
+        .await
+        .unwrap();
+    let leases = Api::<Lease>::namespaced(tier.admin.clone(), &sandbox.ns);
+    let name = agent_lease_name("agent-lease-gc");
+    for run in ["lease-gc-1", "lease-gc-2"] {
+        let sink = Record::default();
+        let result = bounded(
+            Duration::from_secs(150),
+            run,
+            engine.run(
+                sandbox.request(run, "agent-lease-gc", "lines=1"),
+                &config,
+                &sink,
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{run}: {e}\n{}", sink.lines().join("\n")));
+        assert_eq!(result.status, RunStatus::Succeeded, "{run}: {result:?}");
+        assert!(
+            leases.get_opt(&name).await.unwrap().is_some(),
+            "{run} leaves the agent's Lease, released"
+        );
+        let started = Instant::now();
+        let report = gc(&client, &sandbox.ns, Duration::ZERO, false)
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert!(report.failures.is_empty(), "{run}: {report:#?}");
+        let collected: Vec<_> = report
+            .leases
+            .iter()
+            .map(|l| (l.name.as_str(), l.reason.as_str()))
+            .collect();
+        assert_eq!(collected, [(name.as_str(), "released")], "{run}");
+        assert!(leases.get_opt(&name).await.unwrap().is_none(), "{run}");
+        say(&format!(
+            "real-cluster tier: lease_gc: {run} succeeded; gc deleted its released Lease in {took:.2?}"
+        ));
+    }
 }

@@ -1,20 +1,23 @@
 //! `gc`: removes what finished runs left behind — adapter-owned Jobs that finished longer ago
-//! than a bound (kept by `retainJobs`, or left when a host died before cleaning up) and per-run
+//! than a bound (kept by `retainJobs`, or left when a host died before cleaning up), per-run
 //! Secrets whose Job is gone (their owner reference never set, or the owner deleted while
-//! orphaning). A Job that is still running, or a young Secret whose Job may be about to be
-//! created, is never touched.
+//! orphaning), and agents' Leases nobody has held for the bound (agents that no longer run).
+//! A Job that is still running, a young Secret whose Job may be about to be created, or a Lease
+//! a run holds or took meanwhile, is never touched.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use serde::Serialize;
 
 use super::error::{ApiCause, api_code};
+use super::lease;
 use super::retry::retry;
 use super::status::{JobEnd, job_occupies_agent, job_outcome};
 use crate::error_code::ErrorCode;
@@ -28,7 +31,7 @@ pub struct Collected {
     pub name: String,
     /// Why it goes.
     pub reason: String,
-    /// Seconds since it finished (Jobs) or was created (Secrets).
+    /// Seconds since it finished (Jobs), was created (Secrets) or was last written (Leases).
     pub age_seconds: u64,
 }
 
@@ -44,6 +47,9 @@ pub struct GcReport {
     pub jobs: Vec<Collected>,
     /// Secrets deleted.
     pub secrets: Vec<Collected>,
+    /// Agents' Leases deleted: released, or expired since their holder stopped renewing, and not
+    /// written for the bound. An agent's next run creates its Lease again.
+    pub leases: Vec<Collected>,
     /// Adapter Jobs left alone because they are still running or being deleted.
     pub running: usize,
     /// Deletions that failed, one line each (the pass goes on).
@@ -109,9 +115,10 @@ impl GcError {
     }
 }
 
-/// Sweep `namespace`: delete the adapter's finished Jobs older than `older_than` and the
-/// per-run Secrets whose Job is gone (or that never got an owner and are older than the
-/// bound). `dry_run` only reports. `Err` only when the objects cannot be listed.
+/// Sweep `namespace`: delete the adapter's finished Jobs older than `older_than`, the per-run
+/// Secrets whose Job is gone (or that never got an owner and are older than the bound) and the
+/// agents' Leases nobody has held for the bound. `dry_run` only reports. `Err` only when the
+/// Jobs or Secrets cannot be listed (Leases that cannot be listed are a failure line).
 pub async fn gc(
     client: &kube::Client,
     namespace: &str,
@@ -121,6 +128,7 @@ pub async fn gc(
     let sweep = Sweep {
         jobs: Api::namespaced(client.clone(), namespace),
         secrets: Api::namespaced(client.clone(), namespace),
+        leases: Api::namespaced(client.clone(), namespace),
         params: ListParams::default().labels(&format!("{MANAGED_BY_KEY}={MANAGED_BY_VALUE}")),
         now: Timestamp::now(),
         older_than,
@@ -130,11 +138,13 @@ pub async fn gc(
         dry_run,
         jobs: Vec::new(),
         secrets: Vec::new(),
+        leases: Vec::new(),
         running: 0,
         failures: Vec::new(),
     };
     let kept = sweep.jobs(&mut report).await?;
     sweep.secrets(&kept, &mut report).await?;
+    sweep.leases(&mut report).await;
     Ok(report)
 }
 
@@ -142,6 +152,7 @@ pub async fn gc(
 struct Sweep {
     jobs: Api<Job>,
     secrets: Api<Secret>,
+    leases: Api<Lease>,
     params: ListParams,
     now: Timestamp,
     older_than: Duration,
@@ -231,6 +242,53 @@ fn judge_secret(
     })
 }
 
+/// Decide about one agent's Lease (pure): `Some` when nobody holds it — released, or expired
+/// since its holder stopped renewing — and it was last written at least `older_than` ago.
+fn judge_lease(lease: &Lease, now: Timestamp, older_than: Duration) -> Option<Collected> {
+    if lease::expiry(lease, now).is_some() {
+        return None;
+    }
+    let spec = lease.spec.as_ref();
+    let written = spec
+        .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
+        .map(|t| t.0)
+        .or_else(|| lease.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let idle = age(written, now);
+    if idle < older_than {
+        return None;
+    }
+    let reason = match spec.and_then(|s| s.holder_identity.as_deref()) {
+        Some(holder) if !holder.is_empty() => format!("expired; {holder} stopped renewing it"),
+        _ => "released".to_owned(),
+    };
+    Some(Collected {
+        name: lease.metadata.name.clone().unwrap_or_default(),
+        reason,
+        age_seconds: idle.as_secs(),
+    })
+}
+
+/// How one deletion went.
+enum Deletion {
+    /// Deleted, already gone, or (dry run) would be.
+    Done,
+    /// The object changed since it was judged (its version precondition failed): left alone.
+    Changed,
+    /// Refused or failed: the report's line for it.
+    Failed(String),
+}
+
+impl Deletion {
+    /// Put `collected` where the report says what happened to it.
+    fn record(self, collected: Collected, into: &mut Vec<Collected>, failures: &mut Vec<String>) {
+        match self {
+            Deletion::Done => into.push(collected),
+            Deletion::Changed => {}
+            Deletion::Failed(line) => failures.push(line),
+        }
+    }
+}
+
 impl Sweep {
     /// Delete the finished Jobs past the bound; returns the Jobs listed.
     async fn jobs(&self, report: &mut GcReport) -> Result<Listed, GcError> {
@@ -250,12 +308,10 @@ impl Sweep {
                 JobVerdict::Running => report.running += 1,
                 JobVerdict::Young => {}
                 JobVerdict::Collect(collected) => {
-                    if let Some(failure) = self.delete(&self.jobs, "Job", &collected, report).await
-                    {
-                        report.failures.push(failure);
-                    } else {
-                        report.jobs.push(collected);
-                    }
+                    let params = DeleteParams::background();
+                    self.delete(&self.jobs, "Job", &collected, &params, report)
+                        .await
+                        .record(collected, &mut report.jobs, &mut report.failures);
                 }
             }
         }
@@ -276,46 +332,73 @@ impl Sweep {
             let Some(collected) = judge_secret(secret, self.now, self.older_than, jobs) else {
                 continue;
             };
-            if let Some(failure) = self
-                .delete(&self.secrets, "Secret", &collected, report)
+            let params = DeleteParams::background();
+            self.delete(&self.secrets, "Secret", &collected, &params, report)
                 .await
-            {
-                report.failures.push(failure);
-            } else {
-                report.secrets.push(collected);
-            }
+                .record(collected, &mut report.secrets, &mut report.failures);
         }
         Ok(())
     }
 
-    /// Delete one collected object (not in a dry run); returns the failure line if that failed.
+    /// Delete the agents' Leases nobody has held for the bound. Each delete carries the version
+    /// gc judged, so a Lease a run took meanwhile stays. A list that fails is a failure line:
+    /// the Jobs and Secrets are swept already.
+    async fn leases(&self, report: &mut GcReport) {
+        let listed = match retry("list the agents' Leases", || self.leases.list(&self.params)).await
+        {
+            Ok(listed) => listed,
+            Err(err) => {
+                report.failures.push(format!(
+                    "failed to list the agents' Leases in namespace {}: {}",
+                    report.namespace,
+                    ApiCause::engine(&err)
+                ));
+                return;
+            }
+        };
+        for lease in &listed.items {
+            let Some(collected) = judge_lease(lease, self.now, self.older_than) else {
+                continue;
+            };
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: lease.metadata.resource_version.clone(),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            self.delete(&self.leases, "Lease", &collected, &params, report)
+                .await
+                .record(collected, &mut report.leases, &mut report.failures);
+        }
+    }
+
+    /// Delete one collected object (not in a dry run).
     async fn delete<K>(
         &self,
         api: &Api<K>,
         kind: &str,
         collected: &Collected,
+        params: &DeleteParams,
         report: &GcReport,
-    ) -> Option<String>
+    ) -> Deletion
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
         if report.dry_run {
-            return None;
+            return Deletion::Done;
         }
         let name = &collected.name;
-        let params = DeleteParams::background();
-        match retry(&format!("delete the {kind}"), || api.delete(name, &params)).await {
-            Err(err) if !is_not_found(&err) => Some(format!(
+        match retry(&format!("delete the {kind}"), || api.delete(name, params)).await {
+            Ok(_) => Deletion::Done,
+            Err(kube::Error::Api(status)) if status.code == 404 => Deletion::Done,
+            Err(kube::Error::Api(status)) if status.code == 409 => Deletion::Changed,
+            Err(err) => Deletion::Failed(format!(
                 "failed to delete {kind} {}/{name}: {err}",
                 report.namespace
             )),
-            _ => None,
         }
     }
-}
-
-fn is_not_found(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status.code == 404)
 }
 
 #[cfg(test)]

@@ -88,7 +88,8 @@ impl Drop for AgentLease {
     }
 }
 
-fn expiry(lease: &Lease, now: Timestamp) -> Option<Duration> {
+/// How long a held Lease stays live unless renewed; `None` for one released or expired.
+pub(super) fn expiry(lease: &Lease, now: Timestamp) -> Option<Duration> {
     let spec = lease.spec.as_ref()?;
     // A released Lease (no holder) is free whatever its times say.
     spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
@@ -122,6 +123,11 @@ fn spec(
 
 fn conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
+}
+
+/// The Lease is not there (any more): `gc` deletes the ones nobody has held for a while.
+fn gone(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
 }
 
 /// The Leases this process released, as the release wrote them, by (engine, Lease URL): the next
@@ -158,24 +164,29 @@ pub(crate) async fn acquire(
     let mut races = 0;
     loop {
         let current = retry("get the agent's Lease", || api.get_opt(name)).await?;
-        let written = match claimant.claim(current, Timestamp::now()) {
-            Claim::Create(lease) => {
-                retry("create the agent's Lease", || api.create(&POST, &lease)).await
-            }
-            Claim::Replace(lease) => {
+        let (written, replacing) = match claimant.claim(current, Timestamp::now()) {
+            Claim::Create(lease) => (
+                retry("create the agent's Lease", || api.create(&POST, &lease)).await,
+                false,
+            ),
+            Claim::Replace(lease) => (
                 retry("take over the agent's Lease", || {
                     api.replace(name, &POST, &lease)
                 })
-                .await
-            }
+                .await,
+                true,
+            ),
             Claim::Busy { holder, expires_in } => {
                 return Ok(Acquired::Busy { holder, expires_in });
             }
         };
+        // Someone else wrote the Lease first (409), or gc deleted the free Lease just read (404
+        // on the replace): read it again.
+        let raced = |err: &kube::Error| conflict(err) || (replacing && gone(err));
         match written {
             Ok(lease) => return Ok(claimant.held(api, lease)),
-            Err(err) if conflict(&err) && races < RACES => races += 1,
-            Err(err) if conflict(&err) => {
+            Err(err) if raced(&err) && races < RACES => races += 1,
+            Err(err) if raced(&err) => {
                 return Ok(Acquired::Busy {
                     holder: "another process that just took it".to_owned(),
                     expires_in: duration,
@@ -336,7 +347,7 @@ impl AgentLease {
                 super::lock(&RELEASED)
                     .insert(released_key(&self.api, &self.name, &self.holder), released);
             }
-            Err(err) if conflict(&err) => {}
+            Err(err) if conflict(&err) || gone(&err) => {}
             Err(err) => {
                 tracing::warn!(lease = %self.name, holder = %self.holder, error = %err, "could not release the agent's Lease; it expires instead");
             }
@@ -344,8 +355,8 @@ impl AgentLease {
     }
 }
 
-/// Renew every third of `duration` until aborted; a 409 whose re-read shows another holder means
-/// the Lease was lost.
+/// Renew every third of `duration` until aborted; a 409 whose re-read shows another holder, or
+/// a 404, means the Lease was lost.
 async fn renew(
     api: Api<Lease>,
     name: String,
@@ -367,6 +378,12 @@ async fn renew(
         .await;
         match written {
             Ok(renewed) => *super::lock(&current) = renewed,
+            // Only a Lease nobody held for gc's bound is deleted: this holder stalled that long.
+            Err(err) if gone(&err) => {
+                tracing::warn!(lease = %name, %holder, "the agent's Lease was deleted while this process did not renew it");
+                lost.cancel();
+                return;
+            }
             Err(err) if conflict(&err) => match api.get_opt(&name).await {
                 Ok(Some(now)) if holder_of(&now) == Some(holder.as_str()) => {
                     *super::lock(&current) = now;

@@ -1,14 +1,17 @@
 //! `gc` against the simulated cluster: finished adapter Jobs past the bound go, running ones
-//! and other tools' Jobs stay; Secrets whose Job is gone go, young unowned ones stay.
+//! and other tools' Jobs stay; Secrets whose Job is gone go, young unowned ones stay; agents'
+//! Leases nobody held for the bound go, and the agent's next run makes its Lease again.
 
 use std::time::Duration;
 
-use opencode_k8s_core::lifecycle::{ClientCache, ClusterSource, gc};
-use opencode_k8s_core::manifest::{MANAGED_BY_KEY, MANAGED_BY_VALUE};
+use jiff::Timestamp;
+use opencode_k8s_core::lifecycle::{Bounds, ClientCache, ClusterSource, RunStatus, gc};
+use opencode_k8s_core::manifest::{MANAGED_BY_KEY, MANAGED_BY_VALUE, agent_lease_name};
 use opencode_k8s_testkit::Resource;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use super::{Harness, NS};
+use super::{Collect, Harness, NS, request};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -129,4 +132,107 @@ async fn finished_jobs_and_orphaned_secrets_go_running_jobs_stay() {
         "a Secret whose owner patch failed stays while its Job runs"
     );
     assert!(exists(&h, Resource::Jobs, "someone-elses"));
+}
+
+/// A Lease of the adapter's shape (or another tool's), last renewed `ago`.
+fn lease(name: &str, managed: bool, holder: Option<&str>, ago: Duration) -> Value {
+    let labels = if managed {
+        json!({MANAGED_BY_KEY: MANAGED_BY_VALUE})
+    } else {
+        json!({})
+    };
+    let renewed = (Timestamp::now() - ago).strftime("%Y-%m-%dT%H:%M:%S.%6fZ");
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 30, "renewTime": renewed.to_string()},
+    })
+}
+
+#[tokio::test]
+async fn leases_nobody_held_for_the_bound_go_held_and_recent_ones_stay() {
+    let h = Harness::start().await;
+    let hours = |n: u64| Duration::from_secs(n * 3600);
+    for l in [
+        lease("oc-agent-released", true, None, hours(2)),
+        lease("oc-agent-expired", true, Some("host/1.1/run-x"), hours(2)),
+        lease(
+            "oc-agent-live",
+            true,
+            Some("host/1.1/run-y"),
+            Duration::ZERO,
+        ),
+        lease("oc-agent-recent", true, None, Duration::from_secs(600)),
+        lease("someone-elses", false, None, hours(2)),
+    ] {
+        h.cluster.create(l).unwrap();
+    }
+    let client = h.client().await;
+
+    let dry = gc(&client, NS, hours(1), true).await.unwrap();
+    let mut collected: Vec<_> = dry
+        .leases
+        .iter()
+        .map(|l| (l.name.as_str(), l.reason.as_str()))
+        .collect();
+    collected.sort_unstable();
+    assert_eq!(
+        collected,
+        [
+            (
+                "oc-agent-expired",
+                "expired; host/1.1/run-x stopped renewing it"
+            ),
+            ("oc-agent-released", "released"),
+        ]
+    );
+    assert!(dry.leases.iter().all(|l| l.age_seconds >= 7190), "{dry:#?}");
+    assert!(
+        exists(&h, Resource::Leases, "oc-agent-released"),
+        "a dry run deletes nothing"
+    );
+
+    let report = gc(&client, NS, hours(1), false).await.unwrap();
+    assert_eq!(report.leases.len(), 2, "{report:#?}");
+    assert!(report.failures.is_empty(), "{report:#?}");
+    for gone in ["oc-agent-released", "oc-agent-expired"] {
+        assert!(!exists(&h, Resource::Leases, gone), "{gone}");
+    }
+    for stays in ["oc-agent-live", "oc-agent-recent", "someone-elses"] {
+        assert!(exists(&h, Resource::Leases, stays), "{stays}");
+    }
+}
+
+#[tokio::test]
+async fn an_agent_whose_lease_gc_deleted_runs_again_and_gets_a_new_one() {
+    let h = Harness::start().await;
+    h.opencode("cat > /dev/null; echo ran");
+    // One engine for both runs: the second tries to take back the Lease the first released,
+    // which gc deleted in between.
+    let engine = h.engine(Bounds::default());
+    let config = h.config(json!({}));
+    let client = h.client().await;
+    let name = agent_lease_name("agent-gc");
+    for run in ["run-before-gc", "run-after-gc"] {
+        let sink = Collect::default();
+        let result = engine
+            .run(
+                request(run, "agent-gc"),
+                &config,
+                &sink,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{run}: {err}\n{:?}", sink.lines()));
+        assert_eq!(result.status, RunStatus::Succeeded, "{run}: {result:?}");
+        assert!(sink.output().contains("ran"), "{run}");
+        assert!(
+            exists(&h, Resource::Leases, &name),
+            "{run} leaves its Lease"
+        );
+        let report = gc(&client, NS, Duration::ZERO, false).await.unwrap();
+        let leases: Vec<_> = report.leases.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(leases, [name.as_str()], "{run}: {report:#?}");
+        assert!(!exists(&h, Resource::Leases, &name), "{run}: gc deleted it");
+    }
 }
