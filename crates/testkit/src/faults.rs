@@ -177,7 +177,7 @@ impl Faults {
     }
 
     /// Answer the next `n` requests matching `verb` on `resource` (`jobs`, `pods/log`, `*`)
-    /// with `code` (429 or 5xx) and an upstream-shaped Status.
+    /// with `code` (409 as a lost race, 429 or 5xx) and an upstream-shaped Status.
     pub fn fail_next(&self, verb: Verb, resource: &str, n: u32, code: u16) {
         self.state().fail.push(FailRule {
             verb,

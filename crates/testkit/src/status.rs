@@ -220,6 +220,11 @@ impl ApiError {
     /// An injected failure (fault injection): 429 `TooManyRequests`, 5xx `InternalError` & co.
     pub fn injected(code: u16) -> ApiError {
         let (reason, message) = match code {
+            // What a writer that won a race gets (a stale resourceVersion or precondition).
+            409 => (
+                "Conflict",
+                "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+            ),
             429 => (
                 "TooManyRequests",
                 "Too many requests, please try again later.",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use opencode_k8s_core::lifecycle::{Bounds, ClientCache, ClusterSource, RunStatus, gc};
 use opencode_k8s_core::manifest::{MANAGED_BY_KEY, MANAGED_BY_VALUE, agent_lease_name};
-use opencode_k8s_testkit::Resource;
+use opencode_k8s_testkit::{Resource, Verb};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -201,6 +201,24 @@ async fn leases_nobody_held_for_the_bound_go_held_and_recent_ones_stay() {
     for stays in ["oc-agent-live", "oc-agent-recent", "someone-elses"] {
         assert!(exists(&h, Resource::Leases, stays), "{stays}");
     }
+}
+
+#[tokio::test]
+async fn a_lease_that_changed_between_the_list_and_the_delete_stays_and_is_no_failure() {
+    let h = Harness::start().await;
+    let two_hours = Duration::from_secs(7200);
+    h.cluster
+        .create(lease("oc-agent-taken", true, None, two_hours))
+        .unwrap();
+    // The delete's version precondition fails, as when a run took the Lease after gc listed it.
+    h.cluster.faults().fail_next(Verb::Delete, "leases", 1, 409);
+    let client = h.client().await;
+    let report = gc(&client, NS, Duration::from_secs(3600), false)
+        .await
+        .unwrap();
+    assert!(report.leases.is_empty(), "{report:#?}");
+    assert!(report.failures.is_empty(), "{report:#?}");
+    assert!(exists(&h, Resource::Leases, "oc-agent-taken"));
 }
 
 #[tokio::test]
