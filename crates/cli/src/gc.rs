@@ -82,32 +82,22 @@ fn text(report: &GcReport) -> String {
         "deleted"
     };
     let mut out = String::new();
-    for job in &report.jobs {
-        let _ = writeln!(
-            out,
-            "{verb} Job {}/{} ({}, finished {} ago)",
-            report.namespace,
-            job.name,
-            job.reason,
-            age(job.age_seconds)
-        );
-    }
-    for secret in &report.secrets {
-        let _ = writeln!(
-            out,
-            "{verb} Secret {}/{} ({})",
-            report.namespace, secret.name, secret.reason
-        );
-    }
-    for lease in &report.leases {
-        let _ = writeln!(
-            out,
-            "{verb} Lease {}/{} ({}, last written {} ago)",
-            report.namespace,
-            lease.name,
-            lease.reason,
-            age(lease.age_seconds)
-        );
+    // Secrets are listed without an age: a missing owner, not time, is why they go.
+    for (kind, collected, since) in [
+        ("Job", &report.jobs, Some("finished")),
+        ("Secret", &report.secrets, None),
+        ("Lease", &report.leases, Some("last written")),
+    ] {
+        for c in collected {
+            let when = since
+                .map(|since| format!(", {since} {} ago", age(c.age_seconds)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{verb} {kind} {}/{} ({}{when})",
+                report.namespace, c.name, c.reason
+            );
+        }
     }
     for failure in &report.failures {
         let _ = writeln!(out, "{failure}");

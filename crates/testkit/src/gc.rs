@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Shared;
-use crate::objects::{self, Propagation};
+use crate::objects::{self, Preconditions, Propagation};
 use crate::resource::Resource;
 use crate::store::{Change, ChangeKind, next_change};
 
@@ -60,6 +60,7 @@ fn delete_dependents(shared: &Shared, owner_uid: &str) {
             &name,
             Some(Propagation::Background),
             None,
+            &Preconditions::default(),
         );
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Shared;
 use crate::events::{Ev, EventType, Reporter, record};
-use crate::objects::{self, Propagation, now_seconds};
+use crate::objects::{self, Preconditions, Propagation, now_seconds};
 use crate::resource::Resource;
 use crate::store::{Change, ChangeKind};
 
@@ -412,6 +412,7 @@ impl JobController {
                         &pod_name,
                         Some(Propagation::Background),
                         None,
+                        &Preconditions::default(),
                     )
                     .is_ok()
                     {
@@ -451,6 +452,7 @@ impl JobController {
                         &name,
                         Some(Propagation::Background),
                         None,
+                        &Preconditions::default(),
                     );
                 }
             }

@@ -456,27 +456,9 @@ impl Preconditions {
     }
 }
 
+/// Delete an object as the API server does, with its propagation policy, grace period and
+/// preconditions (a removal checks them under the store's lock).
 pub(crate) fn delete(
-    store: &Store,
-    resource: Resource,
-    ns: &str,
-    name: &str,
-    propagation: Option<Propagation>,
-    grace: Option<i64>,
-) -> Result<Deleted, ApiError> {
-    delete_if(
-        store,
-        resource,
-        ns,
-        name,
-        propagation,
-        grace,
-        &Preconditions::default(),
-    )
-}
-
-/// [`delete`] with the delete's preconditions: a removal checks them under the store's lock.
-pub(crate) fn delete_if(
     store: &Store,
     resource: Resource,
     ns: &str,

@@ -425,7 +425,7 @@ fn delete(call: &Call, resource: Resource, ns: &str, name: &str) -> Result<Respo
         .and_then(|g| g.parse().ok())
         .or_else(|| options["gracePeriodSeconds"].as_i64());
     let preconditions = objects::Preconditions::parse(&options);
-    match objects::delete_if(
+    match objects::delete(
         &call.shared.store,
         resource,
         ns,
