@@ -403,8 +403,6 @@ pub(crate) enum Deleted {
     Marked(Arc<Value>),
 }
 
-/// Deletes like `DELETE` does. Pods on a node with a live container are only marked: the kubelet
-/// stops the container with the grace period, then removes them.
 /// `DeleteOptions.preconditions`: delete only this version (or incarnation) of the object.
 #[derive(Debug, Default)]
 pub(crate) struct Preconditions {
@@ -456,8 +454,9 @@ impl Preconditions {
     }
 }
 
-/// Delete an object as the API server does, with its propagation policy, grace period and
-/// preconditions (a removal checks them under the store's lock).
+/// Deletes like `DELETE` does, with its propagation policy, grace period and preconditions (a
+/// removal checks them under the store's lock). Pods on a node with a live container are only
+/// marked: the kubelet stops the container with the grace period, then removes them.
 pub(crate) fn delete(
     store: &Store,
     resource: Resource,

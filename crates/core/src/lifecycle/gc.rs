@@ -248,18 +248,15 @@ fn judge_lease(lease: &Lease, now: Timestamp, older_than: Duration) -> Option<Co
     if lease::expiry(lease, now).is_some() {
         return None;
     }
-    let spec = lease.spec.as_ref();
-    let written = spec
-        .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
-        .map(|t| t.0)
+    let written = lease::renewed_at(lease)
         .or_else(|| lease.metadata.creation_timestamp.as_ref().map(|t| t.0));
     let idle = age(written, now);
     if idle < older_than {
         return None;
     }
-    let reason = match spec.and_then(|s| s.holder_identity.as_deref()) {
-        Some(holder) if !holder.is_empty() => format!("expired; {holder} stopped renewing it"),
-        _ => "released".to_owned(),
+    let reason = match lease::holder_of(lease).filter(|h| !h.is_empty()) {
+        Some(holder) => format!("expired; {holder} stopped renewing it"),
+        None => "released".to_owned(),
     };
     Some(Collected {
         name: lease.metadata.name.clone().unwrap_or_default(),

@@ -90,16 +90,27 @@ impl Drop for AgentLease {
 
 /// How long a held Lease stays live unless renewed; `None` for one released or expired.
 pub(super) fn expiry(lease: &Lease, now: Timestamp) -> Option<Duration> {
-    let spec = lease.spec.as_ref()?;
     // A released Lease (no holder) is free whatever its times say.
-    spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
-    let duration = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into());
-    let left = renewed.checked_add(duration).ok()?.duration_since(now);
+    holder_of(lease).filter(|h| !h.is_empty())?;
+    let renewed = renewed_at(lease)?;
+    let seconds = lease.spec.as_ref()?.lease_duration_seconds.unwrap_or(0);
+    let left = renewed
+        .checked_add(SignedDuration::from_secs(seconds.into()))
+        .ok()?
+        .duration_since(now);
     Duration::try_from(left).ok().filter(|left| !left.is_zero())
 }
 
-fn holder_of(lease: &Lease) -> Option<&str> {
+/// When a holder last wrote the Lease: its renewal, else its acquisition.
+pub(super) fn renewed_at(lease: &Lease) -> Option<Timestamp> {
+    let spec = lease.spec.as_ref()?;
+    spec.renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0)
+}
+
+pub(super) fn holder_of(lease: &Lease) -> Option<&str> {
     lease.spec.as_ref()?.holder_identity.as_deref()
 }
 
